@@ -1,0 +1,163 @@
+"""The seed lab's connectivity checks, as data, and how to run them through a prober.
+
+A check names a source and a target endpoint, how to probe (ping, or an HTTP request to an
+echo server that answers with the client address it saw) and what must happen: reached or
+not, and for HTTP which address the target must see. The same checks run after `pulumi up`
+(through kubectl exec) and in the local lab (through netns exec); only the prober differs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+EndpointKind = Literal["pod", "node", "internet"]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    kind: EndpointKind
+    name: str
+    ip: str
+    node: str | None = None  # the node a pod runs on, or the node itself
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    source: Endpoint
+    target: Endpoint
+    method: Literal["ping", "http"]
+    port: int = 0
+    expect_reach: bool = True
+    expect_seen: str | None = None  # the client address the target's echo server must see
+    seen_means: str = ""  # what that address is, for the report ("sender's pod address")
+
+    @property
+    def expected(self) -> str:
+        if not self.expect_reach:
+            return "no answer"
+        return f"sees {self.expect_seen}" if self.expect_seen else "answers"
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    reached: bool
+    seen: str | None = None  # the client address the echo server reported
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    check: Check
+    result: ProbeResult
+    seconds: float
+
+    @property
+    def passed(self) -> bool:
+        check, result = self.check, self.result
+        if result.reached != check.expect_reach:
+            return False
+        return not (check.expect_reach and check.expect_seen and result.seen != check.expect_seen)
+
+    @property
+    def observed(self) -> str:
+        if not self.result.reached:
+            return "no answer"
+        return f"sees {self.result.seen}" if self.result.seen else "answers"
+
+
+class Prober(Protocol):
+    """Runs a command as the source endpoint (inside a pod, on a node, on the internet)."""
+
+    def run(self, source: Endpoint, argv: Sequence[str]) -> tuple[int, str]: ...
+
+
+PING_TIMEOUT_S = 1
+HTTP_TIMEOUT_S = 2
+ECHO_CLIENT = "/opt/k8s-cni-lab/echo_server.py"  # installed with every pod image / node
+
+
+def probe(prober: Prober, check: Check) -> ProbeResult:
+    if check.method == "ping":
+        code, output = prober.run(check.source, ["ping", "-n", "-q", "-c", "1", "-W",
+                                                 str(PING_TIMEOUT_S), check.target.ip])
+        return ProbeResult(code == 0, None, _last_line(output))
+    code, output = prober.run(check.source, [
+        "/usr/bin/python3", "-IS", ECHO_CLIENT, "fetch", check.target.ip, str(check.port),
+        "--timeout", str(HTTP_TIMEOUT_S)])
+    if code != 0:
+        return ProbeResult(False, None, _last_line(output))
+    try:
+        seen = json.loads(output.strip().splitlines()[-1])["client"]
+    except (ValueError, KeyError, IndexError):
+        return ProbeResult(False, None, f"unexpected answer: {_last_line(output)}")
+    return ProbeResult(True, seen)
+
+
+def run_checks(prober: Prober, checks: Sequence[Check], workers: int = 8) -> list[Outcome]:
+    """All checks, concurrently (failures wait for timeouts); results in the checks' order."""
+    def timed(check: Check) -> Outcome:
+        start = time.monotonic()
+        result = probe(prober, check)
+        return Outcome(check, result, time.monotonic() - start)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(timed, checks))
+
+
+def _last_line(output: str) -> str:
+    lines = [line for line in output.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+@dataclass(frozen=True)
+class PodInfo:
+    name: str
+    node: str
+    ip: str
+    role: Literal["web", "tools"]
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    name: str
+    private_ip: str
+    public_ip: str
+    gateway: str
+
+
+def lab_checks(nodes: Sequence[NodeInfo], pods: Sequence[PodInfo], internet: Endpoint,
+               web_port: int, internet_port: int) -> list[Check]:
+    """The seed lab's story on the first two workers: gateway, same node, across nodes,
+    node to pod, pod to internet, and internet to pod (which must fail)."""
+    by_node = {node.name: node for node in nodes}
+    first, second = (node.name for node in nodes[1:3])
+
+    def pod(role: str, node: str) -> Endpoint:
+        info = next(p for p in pods if p.role == role and p.node == node)
+        return Endpoint("pod", info.name, info.ip, info.node)
+
+    tools, web, far_web = pod("tools", first), pod("web", first), pod("web", second)
+    far_tools = pod("tools", second)
+    master = nodes[0]
+    node_ep = Endpoint("node", master.name, master.private_ip, master.name)
+    gateway = Endpoint("node", f"{first} cni0", by_node[first].gateway, first)
+    return [
+        Check("pod to its gateway", tools, gateway, "ping"),
+        Check("pod to pod, same node", tools, web, "http", web_port,
+              expect_seen=tools.ip, seen_means="sender's pod address"),
+        Check("pod to pod, across nodes", tools, far_web, "http", web_port,
+              expect_seen=tools.ip, seen_means="sender's pod address (no NAT in the cluster)"),
+        Check("pod to pod, across nodes (back)", far_tools, web, "http", web_port,
+              expect_seen=far_tools.ip, seen_means="sender's pod address"),
+        Check("node to pod", node_ep, far_web, "http", web_port,
+              expect_seen=master.private_ip, seen_means="the node's private address"),
+        Check("pod to internet", tools, internet, "http", internet_port,
+              expect_seen=by_node[first].public_ip, seen_means="the node's public address"),
+        Check("internet to pod", internet, web, "http", web_port, expect_reach=False),
+    ]

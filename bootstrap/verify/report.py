@@ -1,0 +1,52 @@
+"""The checks' table, the same after `pulumi up` and `make lab`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from bootstrap.verify.checks import Outcome
+
+PASS, FAIL = "[green]pass[/]", "[red]FAIL[/]"
+
+
+def outcome_table(outcomes: Sequence[Outcome], causes: Mapping[str, str],
+                  title: str = "Connectivity checks") -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in ("check", "from", "to", "expected", "result", "time"):
+        table.add_column(column, justify="right" if column == "time" else "left")
+    for outcome in outcomes:
+        check = outcome.check
+        verdict = PASS if outcome.passed else FAIL
+        result = f"{verdict} {outcome.observed}"
+        if check.name in causes:
+            result += f"\n[dim]{causes[check.name]}[/]"
+        table.add_row(check.name, f"{check.source.name} {check.source.ip}",
+                      f"{check.target.name} {check.target.ip}:{check.port}" if check.port
+                      else f"{check.target.name} {check.target.ip}",
+                      check.expected, result, f"{outcome.seconds * 1000:.0f} ms")
+    return table
+
+
+def story_table(stages: Sequence[tuple[str, Sequence[Outcome]]]) -> Table:
+    """One row per check, one column per stage: each fix turns a FAIL into a pass."""
+    table = Table(title="The seed lab's story, replayed", title_justify="left")
+    table.add_column("check")
+    table.add_column("expected")
+    for stage, _ in stages:
+        table.add_column(stage)
+    first = stages[0][1]
+    for row, outcome in enumerate(first):
+        cells = [PASS if outcomes[row].passed else FAIL for _, outcomes in stages]
+        table.add_row(outcome.check.name, outcome.check.expected, *cells)
+    return table
+
+
+def print_failures(console: Console, outcomes: Sequence[Outcome],
+                   causes: Mapping[str, str]) -> None:
+    for outcome in outcomes:
+        if not outcome.passed:
+            console.print(f"[red]x[/] {outcome.check.name}: expected {outcome.check.expected}, "
+                          f"got {outcome.observed}. Likely cause: {causes.get(outcome.check.name)}")

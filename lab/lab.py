@@ -1,0 +1,204 @@
+"""The local lab's lifecycle: build the simulated VPC and nodes, bootstrap them over SSH,
+start pods, run the connectivity checks, and tear everything down.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import paramiko
+from rich.console import Console
+
+from bootstrap.inventory import Inventory, NodeAccess
+from bootstrap.ssh import ClusterSSH, ConnectPolicy
+from bootstrap.verify.checks import (
+    ECHO_CLIENT,
+    Endpoint,
+    NodeInfo,
+    Outcome,
+    PodInfo,
+    lab_checks,
+    run_checks,
+)
+from bootstrap.verify.diagnose import FACTS_COMMAND, NodeFacts, likely_cause, parse_node_facts
+from infra.plan import Plan, Settings, make_plan
+from lab import network, nodes
+from lab.layout import ECHO_PORT, INTERNET_ECHO_PORT, INTERNET_HOST, Layout, make_layout
+
+RUNTIME = f"/usr/bin/python3 -IS {nodes.IMAGE_DIR}/pod_runtime.py"
+RELAY = Path(__file__).with_name("relay.py")
+ECHO_SERVER = Path(__file__).with_name("echo_server.py")
+PROBE_TIMEOUT = 15
+
+
+class LabExists(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class LabOptions:
+    name: str = "k8slab"
+    node_count: int = 3
+    connect_deadline: float = 30.0
+
+
+@dataclass
+class LocalLab:
+    """A running lab; `down(name)` removes one even when this object is long gone."""
+
+    layout: Layout
+    inventory: Inventory
+    ssh: ClusterSSH
+    console: Console
+    pods: list[PodInfo] = field(default_factory=list)
+
+    @property
+    def plan(self) -> Plan:
+        return self.layout.plan
+
+    # -- pods -------------------------------------------------------------------------------
+
+    def start_pods(self) -> list[PodInfo]:
+        """A web pod and a tools pod on each worker, like the seed lab's deploy.yaml."""
+        def start(name: str) -> list[PodInfo]:
+            started = []
+            for role, prefix in (("web", "nginx"), ("tools", "bash")):
+                pod = f"{prefix}-{name}"
+                result = self.ssh.node(name).run(f"{RUNTIME} run {pod} --port {ECHO_PORT}",
+                                                 timeout=60, quiet=True)
+                ip = json.loads(result.output.strip().splitlines()[-1])["ip"]
+                started.append(PodInfo(pod, name, ip, role))  # type: ignore[arg-type]
+            return started
+
+        workers = [node.name for node in self.plan.workers]
+        by_node = self.ssh.on_all(lambda node: start(node.name), workers)
+        self.pods = [pod for name in workers for pod in by_node[name]]
+        return self.pods
+
+    # -- checks -----------------------------------------------------------------------------
+
+    def run_checks(self) -> tuple[list[Outcome], dict[str, str]]:
+        """The checks, and for each failure its likely cause."""
+        node_infos = [NodeInfo(n.name, str(n.private_ip), str(n.public_ip), str(n.gateway))
+                      for n in self.layout.nodes]
+        internet = Endpoint("internet", "internet", str(INTERNET_HOST.ip))
+        checks = lab_checks(node_infos, self.pods, internet, ECHO_PORT, INTERNET_ECHO_PORT)
+        outcomes = run_checks(LabProber(self), checks)
+        failed = [outcome for outcome in outcomes if not outcome.passed]
+        if not failed:
+            return outcomes, {}
+        facts, routed = self.node_facts(), self.routed()
+        return outcomes, {o.check.name: likely_cause(o, facts, routed) for o in failed}
+
+    def node_facts(self) -> dict[str, NodeFacts]:
+        outputs = self.ssh.on_all(lambda node: node.run(FACTS_COMMAND, timeout=30, quiet=True))
+        return {node.name: parse_node_facts(outputs[node.name].output, str(node.pod_cidr),
+                                            str(self.plan.pod_network))
+                for node in self.plan.nodes}
+
+    def routed(self) -> dict[str, bool]:
+        """Does the VPC route table send each node's pod CIDR to that node?"""
+        table = network.run(["ip", "-n", self.layout.router_ns, "route", "show"])
+        routes = {line.split()[0]: line for line in table.splitlines() if line}
+        return {node.name: f"via {node.private_ip} " in routes.get(str(node.pod_cidr), "") + " "
+                for node in self.layout.nodes}
+
+
+class LabProber:
+    """Runs probes the way an operator would: `ip netns exec <pod>` on the pod's node over
+    SSH, directly on a node, or in the internet host's namespace."""
+
+    def __init__(self, lab: LocalLab) -> None:
+        self.lab = lab
+
+    def run(self, source: Endpoint, argv: Sequence[str]) -> tuple[int, str]:
+        if source.kind == "internet":
+            # The internet host has no lab image: it runs the client from this checkout.
+            local = [str(ECHO_SERVER) if arg == ECHO_CLIENT else arg for arg in argv]
+            done = subprocess.run(["ip", "netns", "exec", self.lab.layout.internet_ns, *local],
+                                  capture_output=True, text=True, check=False,
+                                  timeout=PROBE_TIMEOUT)
+            return done.returncode, done.stdout + done.stderr
+        command = shlex.join(argv)
+        if source.kind == "pod":
+            command = f"ip netns exec {shlex.quote(source.name)} {command}"
+        assert source.node is not None
+        result = self.lab.ssh.node(source.node).run(command, timeout=PROBE_TIMEOUT, check=False,
+                                                    quiet=True)
+        return result.exit_code, result.output
+
+
+# -- building and removing ------------------------------------------------------------------
+
+def proxied_client_factory(layout: Layout) -> Callable[[], paramiko.SSHClient]:
+    """SSH clients whose TCP connection starts on the simulated internet (lab/relay.py)."""
+    class ThroughInternet(paramiko.SSHClient):
+        def connect(self, hostname: str, port: int = 22, **kwargs) -> None:  # type: ignore[override]
+            kwargs["sock"] = paramiko.ProxyCommand(shlex.join([
+                "ip", "netns", "exec", layout.internet_ns, "/usr/bin/python3", "-IS",
+                str(RELAY), hostname, str(port)]))
+            super().connect(hostname, port, **kwargs)
+
+    return ThroughInternet
+
+
+def build(options: LabOptions, console: Console, *, pod_routes: bool = True) -> LocalLab:
+    """Create the network and boot the nodes; on any failure, remove what was made."""
+    layout = make_layout(make_plan(Settings(node_count=options.node_count)), options.name)
+    if network.existing_namespaces(layout.lab) or nodes.lab_dir(layout.lab).exists():
+        raise LabExists(f"a lab named {layout.lab} is already up: run `make down` (or "
+                        f"`python -m lab down --name {layout.lab}`) first")
+    try:
+        return _build(layout, options, console, pod_routes)
+    except BaseException:
+        down(layout.lab)
+        raise
+
+
+def _build(layout: Layout, options: LabOptions, console: Console,
+           pod_routes: bool) -> LocalLab:
+    started = time.monotonic()
+    nodes.lab_dir(layout.lab).mkdir(parents=True)
+    network.build(layout)
+    if pod_routes:
+        network.add_pod_routes(layout)
+    client_key = nodes.new_ed25519()
+    host_keys = {node.name: nodes.prepare_disk(layout, node, client_key.public_openssh)
+                 for node in layout.nodes}
+    for node in layout.nodes:
+        nodes.start_sshd(layout, node)
+    _start_internet_host(layout)
+    inventory = Inventory(
+        nodes=tuple(NodeAccess(name=node.name, role=layout.plan.node(node.name).role,
+                               host=str(node.public_ip), user="root",
+                               host_key=host_keys[node.name], private_ip=str(node.private_ip),
+                               pod_cidr=str(node.pod_cidr))
+                    for node in layout.nodes),
+        private_key=client_key.private_openssh, cluster_cidr=str(layout.plan.pod_network))
+    ssh = ClusterSSH(inventory, policy=ConnectPolicy(deadline=options.connect_deadline),
+                     client_factory=proxied_client_factory(layout), on_line=None)
+    console.log(f"lab {layout.lab}: {len(layout.nodes)} nodes, router, gateway and internet "
+                f"host up in {time.monotonic() - started:.1f} s")
+    return LocalLab(layout, inventory, ssh, console)
+
+
+def _start_internet_host(layout: Layout) -> None:
+    log = (nodes.lab_dir(layout.lab) / "internet.log").open("ab")
+    subprocess.Popen(["ip", "netns", "exec", layout.internet_ns, "/usr/bin/python3", "-IS",
+                      str(ECHO_SERVER), "serve", "--port", str(INTERNET_ECHO_PORT),
+                      "--name", "internet"],
+                     stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+
+
+def down(name: str) -> list[str]:
+    """Remove every process, namespace, mount and file of the lab; safe to repeat."""
+    removed = network.destroy(name)
+    shutil.rmtree(nodes.lab_dir(name), ignore_errors=True)
+    return removed

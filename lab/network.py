@@ -1,0 +1,207 @@
+"""Build and remove the simulated VPC: namespaces, links, the router's route table, the IGW.
+
+Everything the lab creates lives in namespaces named `<lab>-*`; the host namespace is not
+touched (the operator reaches the nodes from the internet namespace, see lab/relay.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from lab.layout import (
+    IGW_INTERNET_SIDE,
+    INTERNET_HOST,
+    PUBLIC_IPS,
+    Layout,
+    router_igw_addresses,
+)
+
+
+class LabCommandError(RuntimeError):
+    pass
+
+
+def run(argv: Sequence[str], *, stdin: str | None = None, check: bool = True) -> str:
+    done = subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False)
+    if check and done.returncode != 0:
+        raise LabCommandError(f"{' '.join(argv)} failed ({done.returncode}): "
+                              f"{(done.stderr or done.stdout).strip()}")
+    return done.stdout
+
+
+def ip_batch(namespace: str | None, commands: Iterable[str]) -> None:
+    """Run many iproute2 commands in one process (`ip -batch`), in a namespace or the host."""
+    prefix = ["ip", "-n", namespace] if namespace else ["ip"]
+    run([*prefix, "-batch", "-"], stdin="\n".join(commands) + "\n")
+
+
+def sysctl(namespace: str, settings: dict[str, str]) -> None:
+    run(["ip", "netns", "exec", namespace, "sysctl", "-q", "-w",
+         *(f"{key}={value}" for key, value in settings.items())])
+
+
+def existing_namespaces(lab: str) -> list[str]:
+    names = (line.split()[0] for line in run(["ip", "netns", "list"]).splitlines() if line)
+    return [name for name in names if name.startswith(f"{lab}-")]
+
+
+def build(layout: Layout) -> None:
+    """Create the VPC router, the nodes on its subnet, the IGW and the internet host."""
+    for namespace in layout.namespaces:
+        run(["ip", "netns", "add", namespace])
+        ip_batch(namespace, ["link set lo up"])
+    _build_router(layout)
+    for node in layout.nodes:
+        _build_node(layout, node)
+    _build_igw(layout)
+    _build_internet(layout)
+
+
+def _build_router(layout: Layout) -> None:
+    router, igw = router_igw_addresses()
+    ip_batch(layout.router_ns, [
+        "link add vpc0 type bridge",
+        f"addr add {layout.router_ip} dev vpc0",
+        "link set vpc0 up",
+    ])
+    ip_batch(None, [f"link add igw0 netns {layout.router_ns} type veth peer name vpc "
+                    f"netns {layout.igw_ns}"])
+    ip_batch(layout.router_ns, [
+        f"addr add {router} dev igw0", "link set igw0 up", f"route add default via {igw.ip}",
+    ])
+    # A VPC router forwards but never redirects hosts to each other (AWS does not either).
+    sysctl(layout.router_ns, {"net.ipv4.ip_forward": "1",
+                              "net.ipv4.conf.all.send_redirects": "0",
+                              "net.ipv4.conf.vpc0.send_redirects": "0"})
+
+
+def _build_node(layout: Layout, node) -> None:
+    prefix = layout.plan.subnet.prefixlen
+    ip_batch(None, [f"link add eth0 netns {node.namespace} type veth peer name "
+                    f"{node.router_port} netns {layout.router_ns}"])
+    ip_batch(layout.router_ns, [f"link set {node.router_port} master vpc0 up"])
+    ip_batch(node.namespace, [
+        f"addr add {node.private_ip}/{prefix} dev eth0",
+        "link set eth0 up",
+        f"route add default via {layout.router_ip.ip}",
+    ])
+    # Docker and some distributions set FORWARD to DROP: the node network must cope.
+    run(["ip", "netns", "exec", node.namespace, "iptables", "-P", "FORWARD", "DROP"])
+    sysctl(node.namespace, {"net.ipv4.conf.all.accept_redirects": "0"})
+
+
+def add_pod_routes(layout: Layout) -> None:
+    """The VPC route table's pod routes: node N's pod CIDR via node N (the Pulumi routes)."""
+    ip_batch(layout.router_ns, [f"route replace {node.pod_cidr} via {node.private_ip}"
+                                for node in layout.nodes])
+
+
+def remove_pod_routes(layout: Layout) -> None:
+    for node in layout.nodes:
+        run(["ip", "-n", layout.router_ns, "route", "del", str(node.pod_cidr)], check=False)
+
+
+def _build_igw(layout: Layout) -> None:
+    router, _ = router_igw_addresses()
+    ip_batch(None, [f"link add wan netns {layout.igw_ns} type veth peer name igw "
+                    f"netns {layout.internet_ns}"])
+    ip_batch(layout.igw_ns, [
+        f"addr add {router_igw_addresses()[1]} dev vpc", "link set vpc up",
+        f"addr add {IGW_INTERNET_SIDE} dev wan", "link set wan up",
+        f"route add {layout.plan.vpc} via {router.ip}",
+    ])
+    sysctl(layout.igw_ns, {"net.ipv4.ip_forward": "1"})
+    run(["ip", "netns", "exec", layout.igw_ns, "iptables-restore"], stdin=igw_rules(layout))
+
+
+def igw_rules(layout: Layout) -> str:
+    """Like AWS's IGW: translate node addresses 1:1 to public ones, drop any other source."""
+    nat = ["*nat"]
+    filt = ["*filter", ":FORWARD DROP [0:0]",
+            "-A FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT"]
+    for node in layout.nodes:
+        nat += [f"-A PREROUTING -i wan -d {node.public_ip} -j DNAT --to-destination "
+                f"{node.private_ip}",
+                f"-A POSTROUTING -o wan -s {node.private_ip} -j SNAT --to-source "
+                f"{node.public_ip}"]
+        filt += [f"-A FORWARD -i vpc -o wan -s {node.private_ip} -j ACCEPT",
+                 f"-A FORWARD -i wan -o vpc -d {node.private_ip} -j ACCEPT"]
+    return "\n".join([*nat, "COMMIT", *filt, "COMMIT"]) + "\n"
+
+
+def _build_internet(layout: Layout) -> None:
+    ip_batch(layout.internet_ns, [
+        "link add inet0 type bridge",
+        f"addr add {INTERNET_HOST} dev inet0",
+        "link set inet0 up",
+        "link set igw master inet0 up",
+        f"route add {PUBLIC_IPS} via {IGW_INTERNET_SIDE.ip}",
+    ])
+
+
+def namespace_pids(namespaces: Iterable[str]) -> set[int]:
+    """Processes in these network namespaces, and every process sharing a mount namespace
+    with one of them (a node's pods run in the node's mount namespace, in pod netns)."""
+    net_inodes = set()
+    for name in namespaces:
+        try:
+            net_inodes.add(os.stat(f"/run/netns/{name}").st_ino)
+        except FileNotFoundError:
+            continue
+    procs = _all_namespaces_of_processes()
+    inside = {pid for pid, (net, _) in procs.items() if net in net_inodes}
+    # 0 stands for the host's mount namespace: never a reason to kill a process.
+    mounts = {procs[pid][1] for pid in inside} - {0}
+    return inside | {pid for pid, (_, mnt) in procs.items() if mnt in mounts}
+
+
+def _all_namespaces_of_processes() -> dict[int, tuple[int, int]]:
+    host_mnts = {os.stat("/proc/self/ns/mnt").st_ino}
+    with contextlib.suppress(OSError):  # pid 1 may be out of reach in a container
+        host_mnts.add(os.stat("/proc/1/ns/mnt").st_ino)
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            net = os.stat(entry / "ns/net").st_ino
+            mnt = os.stat(entry / "ns/mnt").st_ino
+        except OSError:
+            continue
+        found[int(entry.name)] = (net, 0 if mnt in host_mnts else mnt)
+    return found
+
+
+def kill_processes(pids: set[int], grace: float = 2.0) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + grace
+        while pids and time.monotonic() < deadline:
+            pids = {pid for pid in pids if Path(f"/proc/{pid}").exists() and not _zombie(pid)}
+            time.sleep(0.02)
+        if not pids:
+            return
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z")
+    except (OSError, IndexError):
+        return False
+
+
+def destroy(lab: str) -> list[str]:
+    """Remove every process, namespace and link of the lab, idempotently; returns what went."""
+    namespaces = existing_namespaces(lab)
+    kill_processes(namespace_pids(namespaces))
+    for namespace in namespaces:
+        run(["ip", "netns", "del", namespace], check=False)
+    return namespaces

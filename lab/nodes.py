@@ -1,0 +1,116 @@
+"""Simulated EC2 instances: a node namespace with its own disk view and a real OpenSSH server.
+
+Each node's processes run in a private mount namespace where /etc, /opt, /var/lib and
+/var/log are overlays on the host's (writes land in the node's own directory, never on the
+host) and /run is a fresh tmpfs. That is the node's "disk": the bootstrap writes its files
+there over SSH exactly as on an EC2 instance.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from lab.layout import LabNode, Layout
+
+STATE_ROOT = Path("/run/k8s-cni-lab")
+OVERLAID = ("/etc", "/opt", "/var/lib", "/var/log")
+IMAGE_DIR = "/opt/k8s-cni-lab"  # the node "image": runtime stand-in and pod workload
+IMAGE_FILES = ("pod_runtime.py", "echo_server.py")
+SSHD_DIR = "/etc/ssh-lab"
+
+SSHD_CONFIG = f"""\
+Port 22
+ListenAddress 0.0.0.0
+HostKey {SSHD_DIR}/ssh_host_ed25519_key
+PidFile /run/sshd.pid
+AuthorizedKeysFile {SSHD_DIR}/authorized_keys
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+PrintMotd no
+MaxStartups 200
+Subsystem sftp internal-sftp
+"""
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    private_openssh: str
+    public_openssh: str
+
+
+def new_ed25519() -> KeyPair:
+    key = Ed25519PrivateKey.generate()
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                serialization.NoEncryption()).decode()
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                           serialization.PublicFormat.OpenSSH).decode()
+    return KeyPair(private, public)
+
+
+def lab_dir(lab: str) -> Path:
+    return STATE_ROOT / lab
+
+
+def node_dir(lab: str, node: str) -> Path:
+    return lab_dir(lab) / "nodes" / node
+
+
+def upper_dir(lab: str, node: str, path: str) -> Path:
+    """Where the node's writes to `path` (one of OVERLAID) land on the host."""
+    return node_dir(lab, node) / "upper" / path.strip("/").replace("/", "-")
+
+
+def prepare_disk(layout: Layout, node: LabNode, client_public_key: str) -> str:
+    """Write the node's sshd files and image into its overlay; return the sshd host key."""
+    for path in OVERLAID:
+        upper_dir(layout.lab, node.name, path).mkdir(parents=True)
+        (node_dir(layout.lab, node.name) / "work" / Path(path).name).mkdir(parents=True)
+    sshd = upper_dir(layout.lab, node.name, "/etc") / Path(SSHD_DIR).name
+    sshd.mkdir()
+    host_key = new_ed25519()
+    key_file = sshd / "ssh_host_ed25519_key"
+    key_file.write_text(host_key.private_openssh)
+    key_file.chmod(0o600)
+    (sshd / "authorized_keys").write_text(client_public_key + "\n")
+    (sshd / "sshd_config").write_text(SSHD_CONFIG)
+    image = upper_dir(layout.lab, node.name, "/opt") / Path(IMAGE_DIR).name
+    image.mkdir()
+    for name in IMAGE_FILES:
+        shutil.copy(Path(__file__).with_name(name), image / name)
+        (image / name).chmod(0o755)
+    return host_key.public_openssh
+
+
+def mount_script(lab: str, node: str) -> str:
+    """Shell lines that give the node its own disk view and hostname, run inside its own
+    mount and UTS namespaces."""
+    lines = []
+    for path in OVERLAID:
+        work = node_dir(lab, node) / "work" / Path(path).name
+        options = f"lowerdir={path},upperdir={upper_dir(lab, node, path)},workdir={work}"
+        lines.append(f"mount -t overlay overlay -o {shlex.quote(options)} {path}")
+    lines += ["mount -t tmpfs -o mode=0755 tmpfs /run", "mkdir -p /run/sshd /run/netns",
+              f"hostname {shlex.quote(node)}"]
+    return " && ".join(lines)
+
+
+def start_sshd(layout: Layout, node: LabNode) -> subprocess.Popen[bytes]:
+    """Boot the node: its mounts, then sshd in the foreground (so the pid is sshd's)."""
+    script = f"{mount_script(layout.lab, node.name)} && exec /usr/sbin/sshd -D -e " \
+             f"-f {SSHD_DIR}/sshd_config"
+    log = (node_dir(layout.lab, node.name) / "sshd.log").open("ab")
+    return subprocess.Popen(
+        ["ip", "netns", "exec", node.namespace, "unshare", "--mount", "--uts",
+         "--propagation", "private", "/bin/sh", "-c", script],
+        stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+    )

@@ -1,0 +1,173 @@
+#!/usr/bin/python3 -IS
+"""The local lab's container-runtime stand-in: what containerd does for a pod's network.
+
+    pod_runtime.py run NAME [--port 8080]   create the pod netns, CNI ADD, start the workload
+    pod_runtime.py check NAME               CNI CHECK against the cached result
+    pod_runtime.py stop NAME                stop the workload, CNI DEL, remove the netns
+    pod_runtime.py list                     the pods on this node, as JSON
+
+Like libcni it reads the first *.conflist in /etc/cni/net.d, runs each plugin from
+/opt/cni/bin with the CNI_* variables and the plugin's config on stdin (adding name,
+cniVersion and prevResult), and caches the ADD result for CHECK and DEL. Runs on a lab
+node as root; standard library only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CONF_DIR = Path("/etc/cni/net.d")
+CNI_PATH = "/opt/cni/bin"
+STATE_DIR = Path("/var/lib/k8s-cni-lab/pods")
+LOG_DIR = Path("/var/log/pods")
+WORKLOAD = Path(__file__).with_name("echo_server.py")
+IFNAME = "eth0"
+
+
+class PodRuntimeError(Exception):
+    pass
+
+
+def load_conflist() -> dict:
+    lists = sorted(CONF_DIR.glob("*.conflist"))
+    if not lists:
+        raise PodRuntimeError(f"no *.conflist in {CONF_DIR}: has the bootstrap's cni phase run?")
+    return json.loads(lists[0].read_text())
+
+
+def invoke(conflist: dict, plugin: dict, command: str, pod: dict, prev: dict | None) -> dict:
+    config = {**plugin, "name": conflist["name"], "cniVersion": conflist["cniVersion"]}
+    if prev is not None:
+        config["prevResult"] = prev
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "CNI_COMMAND": command,
+           "CNI_CONTAINERID": pod["id"], "CNI_NETNS": pod["netns"], "CNI_IFNAME": IFNAME,
+           "CNI_PATH": CNI_PATH}
+    done = subprocess.run([f"{CNI_PATH}/{plugin['type']}"], input=json.dumps(config).encode(),
+                          env=env, capture_output=True, check=False)
+    output = done.stdout.decode()
+    if done.returncode != 0:
+        raise PodRuntimeError(f"CNI {command} by {plugin['type']} failed ({done.returncode}): "
+                            f"{output.strip() or done.stderr.decode().strip()}")
+    return json.loads(output) if output.strip() else {}
+
+
+def pod_record(name: str) -> dict:
+    # containerd's sandbox IDs are 64 hex characters; derive one so a retry reuses it.
+    return {"name": name, "id": hashlib.sha256(name.encode()).hexdigest(),
+            "netns": f"/run/netns/{name}"}
+
+
+def state_file(name: str) -> Path:
+    return STATE_DIR / f"{name}.json"
+
+
+def run_pod(name: str, port: int) -> dict:
+    pod = pod_record(name)
+    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
+    subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+    conflist = load_conflist()
+    result = None
+    try:
+        for plugin in conflist["plugins"]:
+            result = invoke(conflist, plugin, "ADD", pod, result)
+    except PodRuntimeError:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+        raise
+    pod["result"] = result
+    pod["ip"] = result["ips"][0]["address"].split("/")[0]
+    pod["pid"] = start_workload(name, port)
+    wait_listening(pod["ip"], port)
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    state_file(name).write_text(json.dumps(pod))
+    return pod
+
+
+def start_workload(name: str, port: int) -> int:
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    log = (LOG_DIR / f"{name}.log").open("ab")
+    # nsenter, not `ip netns exec`: the workload must stay in the node's mount namespace,
+    # which is how the lab finds (and stops) every process of a node.
+    process = subprocess.Popen(
+        ["nsenter", f"--net=/run/netns/{name}", "/usr/bin/python3", "-IS", str(WORKLOAD), "serve",
+         "--port", str(port), "--name", name],
+        stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+    return process.pid
+
+
+def wait_listening(ip: str, port: int, timeout: float = 10.0) -> None:
+    """Return once the workload accepts connections (the node reaches its pods via cni0)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection((ip, port), timeout=1).close()
+            return
+        except OSError as error:
+            if time.monotonic() > deadline:
+                raise PodRuntimeError(f"workload on {ip}:{port} not listening: {error}") from None
+            time.sleep(0.02)
+
+
+def check_pod(name: str) -> None:
+    pod = json.loads(state_file(name).read_text())
+    conflist = load_conflist()
+    for plugin in conflist["plugins"]:
+        invoke(conflist, plugin, "CHECK", pod, pod["result"])
+
+
+def stop_pod(name: str) -> None:
+    """Idempotent, like a runtime's StopPodSandbox: whatever is already gone is fine."""
+    path = state_file(name)
+    pod = json.loads(path.read_text()) if path.exists() else pod_record(name)
+    if pod.get("pid"):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pod["pid"], signal.SIGTERM)
+    conflist = load_conflist()
+    for plugin in reversed(conflist["plugins"]):
+        invoke(conflist, plugin, "DEL", pod, pod.get("result"))
+    subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
+    path.unlink(missing_ok=True)
+
+
+def list_pods() -> list[dict]:
+    if not STATE_DIR.exists():
+        return []
+    return [json.loads(path.read_text()) for path in sorted(STATE_DIR.glob("*.json"))]
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    verbs = parser.add_subparsers(dest="verb", required=True)
+    run_args = verbs.add_parser("run")
+    run_args.add_argument("name")
+    run_args.add_argument("--port", type=int, default=8080)
+    for verb in ("check", "stop"):
+        verbs.add_parser(verb).add_argument("name")
+    verbs.add_parser("list")
+    args = parser.parse_args(argv)
+    try:
+        if args.verb == "run":
+            print(json.dumps(run_pod(args.name, args.port)))
+        elif args.verb == "check":
+            check_pod(args.name)
+        elif args.verb == "stop":
+            stop_pod(args.name)
+        else:
+            print(json.dumps(list_pods()))
+    except (PodRuntimeError, OSError, subprocess.CalledProcessError) as error:
+        print(f"pod_runtime {args.verb}: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
