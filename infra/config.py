@@ -1,0 +1,73 @@
+"""Every setting of the stack, read in one place from Pulumi config.
+
+The keys are the camelCase names documented in docs/infra.md; each falls back to the
+default in `plan.Settings`, so `Pulumi.dev.yaml` can stay short and a missing key is never
+an error. The two cloud-only settings (amiId, availabilityZone) are looked up when unset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+
+import pulumi
+
+from infra.plan import Settings
+
+# camelCase config key -> Settings field, for the settings the address plan needs.
+PLAN_KEYS = {
+    "nodeCount": "node_count",
+    "instanceType": "instance_type",
+    "kubernetesVersion": "kubernetes_version",
+    "vpcCidr": "vpc_cidr",
+    "subnetCidr": "subnet_cidr",
+    "podCidr": "pod_cidr",
+    "serviceCidr": "service_cidr",
+    "nodePrefix": "node_prefix",
+    "allowedCidrs": "allowed_cidrs",
+    "rootVolumeGiB": "root_volume_gib",
+    "routeLimit": "route_limit",
+}
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    settings: Settings
+    ami_id: str | None  # None: the latest Canonical Ubuntu 24.04 image of the region
+    availability_zone: str | None  # None: the region's first available zone
+
+
+def load_config(config: pulumi.Config | None = None) -> StackConfig:
+    config = config or pulumi.Config()
+    defaults = Settings()
+    types = {f.name: type(getattr(defaults, f.name)) for f in fields(Settings)}
+    values = {}
+    for key, field_name in PLAN_KEYS.items():
+        expected = types[field_name]
+        if expected is int:
+            value = config.get_int(key)
+        elif expected is tuple:
+            value = _string_list(key, config.get_object(key))
+        else:
+            value = config.get(key)
+        if value is not None:
+            values[field_name] = value
+    return StackConfig(
+        settings=Settings(**values),
+        ami_id=config.get("amiId") or None,
+        availability_zone=config.get("availabilityZone") or None,
+    )
+
+
+def _string_list(key: str, value: object) -> tuple[str, ...] | None:
+    """A list of strings from config; a lone string is taken as a one-element list."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, Sequence) and all(isinstance(item, str) for item in value):
+        return tuple(value)
+    raise pulumi.RunError(
+        f"{key}: expected a list of CIDR strings, got {value!r}. Fix: "
+        f"pulumi config set --path '{key}[0]' 203.0.113.7/32"
+    )
