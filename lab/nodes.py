@@ -108,9 +108,12 @@ def start_sshd(layout: Layout, node: LabNode) -> subprocess.Popen[bytes]:
     """Boot the node: its mounts, then sshd in the foreground (so the pid is sshd's)."""
     script = f"{mount_script(layout.lab, node.name)} && exec /usr/sbin/sshd -D -e " \
              f"-f {SSHD_DIR}/sshd_config"
-    log = (node_dir(layout.lab, node.name) / "sshd.log").open("ab")
-    return subprocess.Popen(
+    directory = node_dir(layout.lab, node.name)
+    log = (directory / "sshd.log").open("ab")
+    process = subprocess.Popen(
         ["ip", "netns", "exec", node.namespace, "unshare", "--mount", "--uts",
          "--propagation", "private", "/bin/sh", "-c", script],
         stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
     )
+    (directory / "sshd.pid").write_text(f"{process.pid}\n")  # for `python -m lab enter`
+    return process

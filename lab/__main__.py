@@ -1,0 +1,62 @@
+"""`python -m lab`: the local lab's command line (what `make lab` and `make down` run).
+
+    up     build the simulated VPC and nodes, bootstrap them over SSH, start pods, run the
+           checks, print the table, and tear it all down (unless --keep)
+    down   remove a lab, even after a crash; safe to repeat
+    enter  a shell on a node of a kept lab, or inside one of its pods
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+
+from rich.console import Console
+
+from lab.layout import LAB_NAME
+
+
+def lab_name(value: str) -> str:
+    if not LAB_NAME.match(value):
+        raise argparse.ArgumentTypeError("1-9 lowercase letters or digits, starting with a letter")
+    return value
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m lab", description=__doc__.splitlines()[0])
+    parser.add_argument("--name", type=lab_name, default="k8slab",
+                        help="prefix of the lab's namespaces (default k8slab)")
+    verbs = parser.add_subparsers(dest="verb", required=True)
+    up = verbs.add_parser("up", help="build, bootstrap, check, and tear down")
+    up.add_argument("--nodes", type=int, default=3, help="node count, master included")
+    up.add_argument("--keep", action="store_true", help="leave the lab up to explore")
+    up.add_argument("--steps", action="store_true",
+                    help="replay the seed lab's story: checks before and after each fix")
+    verbs.add_parser("down", help="remove the lab and everything it made")
+    enter = verbs.add_parser("enter", help="a shell on a node, or in a pod on that node")
+    enter.add_argument("node")
+    enter.add_argument("pod", nargs="?")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    console = Console()
+    if os.geteuid() != 0:
+        console.print("[red]The lab needs root[/] (namespaces, iptables): run it with sudo.")
+        return 2
+    # A plain `kill` must tear the lab down like Ctrl-C does.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(130))
+    from lab import cli  # after the checks: it imports paramiko and the bootstrap
+
+    if args.verb == "up":
+        return cli.up(args.name, args.nodes, keep=args.keep, steps=args.steps, console=console)
+    if args.verb == "down":
+        return cli.down(args.name, console)
+    return cli.enter(args.name, args.node, args.pod, console)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,60 @@
+"""`make lab STEPS=1`: the seed lab's story, replayed on the simulated VPC.
+
+The lab fixed pod networking one step at a time; each stage here applies the same fix (ours,
+not the lab's buggy version) and runs every check again, so each fix is seen turning a
+failure into a pass:
+  1. pods on the bridge, nodes' FORWARD policy DROP (as Docker sets it), nothing else;
+  2. after the FORWARD rules (and IPv4 forwarding): pods on one node talk;
+  3. after NAT for traffic leaving the cluster: pods reach the internet;
+  4. after the VPC's pod routes: pods on different nodes talk, without NAT.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+
+from bootstrap import node_network
+from bootstrap.verify.checks import Outcome
+from lab import network
+from lab.lab import LocalLab, bootstrap
+
+
+@dataclass(frozen=True)
+class Stage:
+    title: str
+    outcomes: list[Outcome]
+    causes: dict[str, str]
+
+
+def forward_rules_script(running: LocalLab, node_name: str) -> str:
+    """Only the filter-table part of the node network: the lab's 'FORWARD fix'."""
+    plan = running.plan
+    node = plan.node(node_name)
+    lines = ["set -e", "sysctl -q -w net.ipv4.ip_forward=1"]
+    chains = {rule.chain for rule in node_network.rules(plan, node) if rule.table == "filter"}
+    lines += [f"iptables -t filter -N {chain}" for chain in sorted(chains)]
+    for rule in node_network.jump_rules() + node_network.rules(plan, node):
+        if rule.table == "filter":
+            lines.append(shlex.join(["iptables", "-t", "filter", "-A", rule.chain, *rule.args()]))
+    return "\n".join(lines)
+
+
+def _checks(running: LocalLab, title: str) -> Stage:
+    outcomes, causes = running.run_checks()
+    running.console.log(f"{title}: {sum(o.passed for o in outcomes)}/{len(outcomes)} as expected")
+    return Stage(title, outcomes, causes)
+
+
+def replay(running: LocalLab) -> list[Stage]:
+    bootstrap(running, skip=("node-network",))
+    running.start_pods()
+    stages = [_checks(running, "1 bridge only")]
+    running.ssh.on_all(lambda node: node.run(forward_rules_script(running, node.name),
+                                             timeout=60, quiet=True))
+    stages.append(_checks(running, "2 +FORWARD"))
+    bootstrap(running, only=("node-network",))
+    stages.append(_checks(running, "3 +NAT"))
+    network.add_pod_routes(running.layout)
+    stages.append(_checks(running, "4 +routes"))
+    return stages

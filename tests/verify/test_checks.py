@@ -1,0 +1,93 @@
+"""The checks as data, judged against what a fake prober reports (no network needed)."""
+
+from collections.abc import Sequence
+
+from bootstrap.verify.checks import (
+    Check,
+    Endpoint,
+    NodeInfo,
+    PodInfo,
+    lab_checks,
+    probe,
+    run_checks,
+)
+
+NODES = [NodeInfo("master", "10.0.1.10", "203.0.113.10", "10.244.0.1"),
+         NodeInfo("worker-1", "10.0.1.11", "203.0.113.11", "10.244.1.1"),
+         NodeInfo("worker-2", "10.0.1.12", "203.0.113.12", "10.244.2.1")]
+PODS = [PodInfo("nginx-worker-1", "worker-1", "10.244.1.2", "web"),
+        PodInfo("bash-worker-1", "worker-1", "10.244.1.3", "tools"),
+        PodInfo("nginx-worker-2", "worker-2", "10.244.2.2", "web"),
+        PodInfo("bash-worker-2", "worker-2", "10.244.2.3", "tools")]
+INTERNET = Endpoint("internet", "internet", "198.51.100.1")
+
+
+class ScriptedProber:
+    """Answers like a healthy cluster: the echo server sees the sender's address, except
+    that traffic to the internet shows the node's public address; the internet reaches no
+    pod. `nat_inside` makes every cross-node packet carry the node address (the lab's bug)."""
+
+    def __init__(self, nat_inside: bool = False) -> None:
+        self.nat_inside = nat_inside
+        self.calls: list[tuple[str, list[str]]] = []
+
+    def run(self, source: Endpoint, argv: Sequence[str]) -> tuple[int, str]:
+        self.calls.append((source.name, list(argv)))
+        if argv[0] == "ping":
+            return 0, "1 packets transmitted, 1 received"
+        target = argv[-4]
+        if source.kind == "internet":
+            return 1, "unreachable: timed out"
+        if target == INTERNET.ip:
+            public = next(n.public_ip for n in NODES if n.name == source.node)
+            return 0, f'{{"client": "{public}"}}'
+        seen = source.ip
+        target_node = next(p.node for p in PODS if p.ip == target)
+        if self.nat_inside and source.kind == "pod" and source.node != target_node:
+            seen = next(n.private_ip for n in NODES if n.name == source.node)
+        return 0, f'{{"server": "x", "client": "{seen}"}}'
+
+
+def test_the_lab_story_has_every_check_of_the_seed_lab():
+    names = [check.name for check in lab_checks(NODES, PODS, INTERNET, 8080, 80)]
+    assert names == ["pod to its gateway", "pod to pod, same node", "pod to pod, across nodes",
+                     "pod to pod, across nodes (back)", "node to pod", "pod to internet",
+                     "internet to pod"]
+
+
+def test_a_healthy_cluster_passes_every_check():
+    outcomes = run_checks(ScriptedProber(), lab_checks(NODES, PODS, INTERNET, 8080, 80))
+    assert [o.check.name for o in outcomes if not o.passed] == []
+
+
+def test_nat_inside_the_cluster_fails_the_cross_node_checks_only():
+    outcomes = run_checks(ScriptedProber(nat_inside=True),
+                          lab_checks(NODES, PODS, INTERNET, 8080, 80))
+    failed = [o for o in outcomes if not o.passed]
+    assert [o.check.name for o in failed] == ["pod to pod, across nodes",
+                                              "pod to pod, across nodes (back)"]
+    assert failed[0].observed == "sees 10.0.1.11"
+
+
+def test_an_unexpected_answer_from_the_internet_fails():
+    check = Check("internet to pod", INTERNET, Endpoint("pod", "p", "10.244.1.2", "worker-1"),
+                  "http", 8080, expect_reach=False)
+
+    class Open:
+        def run(self, source, argv):
+            return 0, '{"client": "198.51.100.1"}'
+
+    result = probe(Open(), check)
+    assert result.reached and result.seen == "198.51.100.1"
+    assert not run_checks(Open(), [check])[0].passed
+
+
+def test_a_garbled_answer_counts_as_unreachable_with_the_text_kept():
+    check = lab_checks(NODES, PODS, INTERNET, 8080, 80)[1]
+
+    class Garbled:
+        def run(self, source, argv):
+            return 0, "<html>not json</html>"
+
+    result = probe(Garbled(), check)
+    assert not result.reached and "not json" in result.detail
