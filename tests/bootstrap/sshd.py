@@ -1,0 +1,114 @@
+"""A real OpenSSH server on 127.0.0.1 for the SSH layer's tests: its own config, a fresh
+Ed25519 host key and one authorized client key, all in a temporary directory."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from bootstrap.inventory import Inventory, NodeAccess
+
+SSHD = "/usr/sbin/sshd"
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    private_openssh: str
+    public_line: str  # "ssh-ed25519 AAAA..."
+
+
+def new_ed25519_key() -> KeyPair:
+    key = ed25519.Ed25519PrivateKey.generate()
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                serialization.NoEncryption()).decode()
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                           serialization.PublicFormat.OpenSSH).decode()
+    return KeyPair(private, public)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class TestSSHServer:
+    """One sshd; start() may be called late to test connection retries."""
+
+    __test__ = False  # not a pytest test class
+
+    directory: Path
+    port: int = field(default_factory=free_port)
+    host_key: KeyPair = field(default_factory=new_ed25519_key)
+    client_key: KeyPair = field(default_factory=new_ed25519_key)
+    process: subprocess.Popen[bytes] | None = None
+
+    def __post_init__(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        host_key_path = self.directory / "ssh_host_ed25519_key"
+        host_key_path.write_text(self.host_key.private_openssh)
+        host_key_path.chmod(0o600)
+        (self.directory / "authorized_keys").write_text(self.client_key.public_line + "\n")
+        (self.directory / "sshd_config").write_text(f"""\
+ListenAddress 127.0.0.1
+Port {self.port}
+HostKey {host_key_path}
+PidFile {self.directory}/sshd.pid
+AuthorizedKeysFile {self.directory}/authorized_keys
+StrictModes no
+UsePAM no
+PermitRootLogin prohibit-password
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+MaxSessions 64
+MaxStartups 64
+Subsystem sftp internal-sftp
+LogLevel ERROR
+""")
+
+    def start(self) -> None:
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation dir
+        with (self.directory / "sshd.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                [SSHD, "-D", "-e", "-f", str(self.directory / "sshd_config")],
+                stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"sshd exited: {(self.directory / 'sshd.log').read_text()}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port),
+                                                                        timeout=0.2):
+                return
+            time.sleep(0.02)
+        raise RuntimeError("sshd did not listen within 10 s")
+
+    def stop(self) -> None:
+        """Kill sshd and its per-connection processes (they share its process group)."""
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+    def access(self, name: str, *, host_key: str | None = None) -> NodeAccess:
+        return NodeAccess(name=name, role="worker", host="127.0.0.1", port=self.port,
+                          user="root", host_key=host_key or self.host_key.public_line,
+                          private_ip="10.0.1.10", pod_cidr="10.244.0.0/24")
+
+    def inventory(self, names: tuple[str, ...] = ("node-a",), *,
+                  host_key: str | None = None) -> Inventory:
+        return Inventory(nodes=tuple(self.access(name, host_key=host_key) for name in names),
+                         private_key=self.client_key.private_openssh,
+                         cluster_cidr="10.244.0.0/16")
+
