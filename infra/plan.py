@@ -43,6 +43,8 @@ INSTANCE_SIZES: dict[str, tuple[int, int]] = {
 }
 # Default quota of non-propagated routes per VPC route table (adjustable in Service Quotas).
 DEFAULT_ROUTE_LIMIT = 50
+# AWS accepts VPC and subnet IPv4 blocks from /16 (largest) to /28 (smallest).
+AWS_BLOCK_PREFIXES = range(16, 29)
 
 
 class PlanError(ValueError):
@@ -134,6 +136,8 @@ def make_plan(settings: Settings = Settings()) -> Plan:
     pods = parse_network("podCidr", settings.pod_cidr)
     services = parse_network("serviceCidr", settings.service_cidr)
     allowed = tuple(parse_network("allowedCidrs", c) for c in settings.allowed_cidrs)
+    _check_aws_block_size("vpcCidr", vpc)
+    _check_aws_block_size("subnetCidr", subnet)
     _check_layout(vpc, subnet, pods, services, settings.node_prefix)
     _check_node_count(settings, subnet, pods)
     _check_instance_type(settings.instance_type)
@@ -160,6 +164,13 @@ def _plan_nodes(settings: Settings, subnet: IPv4Network, pods: IPv4Network) -> I
             pod_cidr=pod_cidr,
             gateway=pod_cidr.network_address + 1,
         )
+
+
+def _check_aws_block_size(setting: str, network: IPv4Network) -> None:
+    first, last = AWS_BLOCK_PREFIXES[0], AWS_BLOCK_PREFIXES[-1]
+    if network.prefixlen not in AWS_BLOCK_PREFIXES:
+        raise PlanError(setting, f"{network} is a /{network.prefixlen}; AWS accepts /{first} "
+                        f"to /{last}", f"choose a prefix length from /{first} to /{last}")
 
 
 def _check_layout(vpc: IPv4Network, subnet: IPv4Network, pods: IPv4Network,
