@@ -7,7 +7,7 @@ an error. The two cloud-only settings (amiId, availabilityZone) are looked up wh
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
 from dataclasses import dataclass, fields
 
 import pulumi
@@ -47,7 +47,7 @@ def load_config(config: pulumi.Config | None = None) -> StackConfig:
         if expected is int:
             value = config.get_int(key)
         elif expected is tuple:
-            value = _string_list(key, config.get_object(key))
+            value = _string_list(key, config.get(key))
         else:
             value = config.get(key)
         if value is not None:
@@ -59,15 +59,17 @@ def load_config(config: pulumi.Config | None = None) -> StackConfig:
     )
 
 
-def _string_list(key: str, value: object) -> tuple[str, ...] | None:
-    """A list of strings from config; a lone string is taken as a one-element list."""
-    if value is None:
+def _string_list(key: str, raw: str | None) -> tuple[str, ...] | None:
+    """A YAML list of strings (`--path 'key[0]'`), or one string with commas between items."""
+    if raw is None:
         return None
-    if isinstance(value, str):
-        return (value,)
-    if isinstance(value, Sequence) and all(isinstance(item, str) for item in value):
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = [item.strip() for item in raw.split(",") if item.strip()]
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
         return tuple(value)
     raise pulumi.RunError(
-        f"{key}: expected a list of CIDR strings, got {value!r}. Fix: "
+        f"{key}: expected a list of CIDR strings, got {raw}. Fix: "
         f"pulumi config set --path '{key}[0]' 203.0.113.7/32"
     )
