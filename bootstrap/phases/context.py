@@ -1,0 +1,55 @@
+"""What the local workflow's phases may read (kubeadm's init/data.go), and its one
+implementation. The cloud workflow will declare its own, wider protocol."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from bootstrap.errors import InventoryError
+from bootstrap.inventory import Inventory
+from bootstrap.ssh import ClusterSSH
+from infra.plan import Plan
+
+# The plugin as written in this repository; nodes get it as /opt/cni/bin/lab-cni.
+PLUGIN_SOURCE = Path(__file__).resolve().parent.parent / "cni" / "lab_cni.py"
+
+
+class LocalContext(Protocol):
+    @property
+    def plan(self) -> Plan: ...
+
+    @property
+    def inventory(self) -> Inventory: ...
+
+    @property
+    def ssh(self) -> ClusterSSH: ...
+
+    @property
+    def plugin_source(self) -> Path: ...
+
+
+@dataclass(frozen=True)
+class LocalData:
+    plan: Plan
+    inventory: Inventory
+    ssh: ClusterSSH
+    plugin_source: Path = PLUGIN_SOURCE
+
+
+def check_inventory_matches_plan(plan: Plan, inventory: Inventory) -> None:
+    """The plan is the single source of addresses: the inventory must agree with it."""
+    if inventory.names() != plan.node_names():
+        raise InventoryError(f"inventory nodes {inventory.names()} differ from the plan's "
+                             f"{plan.node_names()}")
+    if inventory.cluster_cidr != str(plan.pod_network):
+        raise InventoryError(f"inventory cluster CIDR {inventory.cluster_cidr} differs from "
+                             f"the plan's {plan.pod_network}")
+    for access in inventory.nodes:
+        planned = plan.node(access.name)
+        wanted = (str(planned.private_ip), str(planned.pod_cidr))
+        if (access.private_ip, access.pod_cidr) != wanted:
+            raise InventoryError(f"node {access.name}: inventory has private IP "
+                                 f"{access.private_ip} and pod CIDR {access.pod_cidr}; the plan "
+                                 f"says {wanted[0]} and {wanted[1]}")

@@ -1,0 +1,45 @@
+"""The local workflow: wait-ssh > cni > node-network (kubeadm has no local stand-in)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from bootstrap.inventory import Inventory
+from bootstrap.phases.cni import new_cni_phase
+from bootstrap.phases.context import (
+    PLUGIN_SOURCE,
+    LocalContext,
+    LocalData,
+    check_inventory_matches_plan,
+)
+from bootstrap.phases.node_network import new_node_network_phase
+from bootstrap.phases.wait_ssh import new_wait_ssh_phase
+from bootstrap.phases.workflow import Phase, Runner
+from bootstrap.ssh import ClusterSSH
+from infra.plan import Plan
+
+
+def local_workflow() -> tuple[Phase[LocalContext], ...]:
+    return (new_wait_ssh_phase(), new_cni_phase(), new_node_network_phase())
+
+
+def run_local_workflow(plan: Plan, inventory: Inventory, *, only: Iterable[str] = (),
+                       skip: Iterable[str] = (), ssh: ClusterSSH | None = None,
+                       plugin_source: Path = PLUGIN_SOURCE) -> list[str]:
+    """Run the local workflow; returns the phase paths that ran. Pass `ssh` to reuse (and
+    keep open) existing connections; otherwise they are opened lazily and closed at the end."""
+    check_inventory_matches_plan(plan, inventory)
+    opened: list[ClusterSSH] = []
+
+    def make_context() -> LocalData:
+        if ssh is not None:
+            return LocalData(plan, inventory, ssh, plugin_source)
+        opened.append(ClusterSSH(inventory))
+        return LocalData(plan, inventory, opened[0], plugin_source)
+
+    try:
+        return Runner(local_workflow(), make_context).run(only=only, skip=skip)
+    finally:
+        for connections in opened:
+            connections.close()

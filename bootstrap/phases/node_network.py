@@ -1,0 +1,68 @@
+"""node-network: install the node network scripts and boot unit, apply the setup now."""
+
+from __future__ import annotations
+
+from bootstrap.node_network import (
+    BOOT_COMMAND,
+    BOOT_UNIT_NAME,
+    NO_CHANGES_LINE,
+    NODE_FILES,
+    render_boot_unit,
+    render_setup_script,
+    render_teardown_script,
+)
+from bootstrap.phases.context import LocalContext
+from bootstrap.phases.workflow import Phase, log_noop, log_step
+from bootstrap.remote_files import DesiredFile, ensure_files
+from bootstrap.ssh import NodeSSH
+from infra.plan import Plan
+
+NAME = "node-network"
+SETUP_TIMEOUT = 120
+SYSTEMCTL_TIMEOUT = 60
+
+
+def new_node_network_phase() -> Phase[LocalContext]:
+    return Phase(NAME, "Apply sysctls, the cni0 bridge and the iptables rules; install the "
+                 "boot unit that re-applies them", run=run_node_network)
+
+
+def run_node_network(context: LocalContext) -> None:
+    context.ssh.on_all(lambda node: configure_node_network(node, context.plan))
+
+
+def node_network_files(plan: Plan, node_name: str) -> list[DesiredFile]:
+    node = plan.node(node_name)
+    return [
+        DesiredFile(NODE_FILES.setup_script, render_setup_script(plan, node).encode(), 0o755),
+        DesiredFile(NODE_FILES.teardown_script, render_teardown_script(plan, node).encode(),
+                    0o755),
+        DesiredFile(NODE_FILES.boot_unit, render_boot_unit().encode(), 0o644),
+    ]
+
+
+def configure_node_network(node: NodeSSH, plan: Plan) -> None:
+    written, _ = ensure_files(node, node_network_files(plan, node.name))
+    for path in written:
+        log_step(NAME, node.name, f"installed {path}")
+    # The script reports each change it makes, and NO_CHANGES_LINE when there was none.
+    applied = node.run(BOOT_COMMAND, timeout=SETUP_TIMEOUT)
+    if applied.output.rstrip("\n").endswith(NO_CHANGES_LINE):
+        log_noop(NAME, node.name, "bridge, sysctls and iptables rules already in place")
+    enable_boot_unit(node, unit_changed=NODE_FILES.boot_unit in written)
+
+
+def enable_boot_unit(node: NodeSSH, *, unit_changed: bool) -> None:
+    if not node.run("test -d /run/systemd/system", timeout=SYSTEMCTL_TIMEOUT, check=False,
+                    quiet=True).ok:
+        log_noop(NAME, node.name, f"{BOOT_UNIT_NAME} is installed for boot, but no systemd "
+                 "runs here to enable it")
+        return
+    if unit_changed:
+        node.run("systemctl daemon-reload", timeout=SYSTEMCTL_TIMEOUT)
+    if node.run(f"systemctl is-enabled --quiet {BOOT_UNIT_NAME}", timeout=SYSTEMCTL_TIMEOUT,
+                check=False, quiet=True).ok:
+        log_noop(NAME, node.name, f"{BOOT_UNIT_NAME} already enabled")
+        return
+    node.run(f"systemctl enable {BOOT_UNIT_NAME}", timeout=SYSTEMCTL_TIMEOUT)
+    log_step(NAME, node.name, f"enabled {BOOT_UNIT_NAME} for boot")
