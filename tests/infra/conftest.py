@@ -8,6 +8,7 @@ and returns a `Deployment`. Registrations are asynchronous, so every check runs 
 
 from __future__ import annotations
 
+import json
 import runpy
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -154,7 +155,7 @@ def deploy(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Deployment
         pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=STACK, preview=False,
                                  monitor=monitor)
         pulumi.runtime.set_all_config(
-            {f"{PROJECT}:{key}": value if isinstance(value, str) else _json(value)
+            {f"{PROJECT}:{key}": value if isinstance(value, str) else json.dumps(value)
              for key, value in (config or {}).items()})
         namespace = runpy.run_path(str(MAIN), run_name="__main__")
         root = pulumi.runtime.get_root_resource()
@@ -163,9 +164,3 @@ def deploy(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Deployment
 
     yield run
     pulumi.runtime.set_all_config({})
-
-
-def _json(value: Any) -> str:
-    import json
-
-    return json.dumps(value)
