@@ -1,0 +1,227 @@
+"""Benchmark: lab-cni against Debian's reference bridge + host-local, side by side in one run.
+
+Each plugin gets its own fresh "node" network namespace and is spawned the way a runtime spawns
+it: a process started from inside the node namespace (this process enters it with setns, so the
+timing is the plugin process alone, without an `ip netns exec` wrapper), CNI_* in the environment
+and the config on stdin. Calls are interleaved across plugins, round by round, so that drift in
+machine load hits every plugin alike. Needs root.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+REPO = Path(__file__).resolve().parent.parent
+LAB_CNI = REPO / "bootstrap" / "cni" / "lab_cni.py"
+REFERENCE_DIR = Path("/usr/lib/cni")
+SYSTEM_PYTHON = "/usr/bin/python3"
+SUBNET, GATEWAY, CLUSTER_CIDR = "10.244.1.0/24", "10.244.1.1", "10.244.0.0/16"
+SEQUENTIAL_CALLS = 50
+CONCURRENT_ADDS = 64
+CLONE_NEWNET = 0x40000000
+
+
+@dataclass
+class Contender:
+    """One plugin configuration under test, with its own node namespace and state directory."""
+
+    label: str
+    argv: list[str]
+    cni_path: str
+    config: dict
+    node: str = ""
+    add_ms: list[float] = field(default_factory=list)
+    del_ms: list[float] = field(default_factory=list)
+    concurrent_add_ms: float = 0.0
+    failures: list[str] = field(default_factory=list)
+
+
+def make_contenders(state_dir: Path) -> list[Contender]:
+    def reference(ip_masq: bool) -> Contender:
+        name = f"ref-masq-{str(ip_masq).lower()}"
+        ipam = {
+            "type": "host-local",
+            "subnet": SUBNET,
+            "gateway": GATEWAY,
+            "routes": [{"dst": "0.0.0.0/0"}],
+            "dataDir": str(state_dir / name),
+        }
+        config = {"cniVersion": "1.0.0", "name": name, "type": "bridge", "bridge": "cni0"}
+        config |= {"isGateway": True, "ipMasq": ip_masq, "hairpinMode": True, "ipam": ipam}
+        label = f"reference bridge+host-local, ipMasq {str(ip_masq).lower()}"
+        return Contender(label, [str(REFERENCE_DIR / "bridge")], str(REFERENCE_DIR), config)
+
+    ours = {"cniVersion": "1.0.0", "name": "lab", "type": "lab-cni", "subnet": SUBNET}
+    ours |= {"clusterCidr": CLUSTER_CIDR, "dataDir": str(state_dir / "lab")}
+    ours["logFile"] = str(state_dir / "lab-cni.log")
+    lab = Contender("lab-cni", [SYSTEM_PYTHON, "-IS", str(LAB_CNI)], "/opt/cni/bin", ours)
+    return [lab, reference(True), reference(False)]
+
+
+def sh(*argv: str) -> None:
+    subprocess.run(argv, check=True, capture_output=True)
+
+
+@contextmanager
+def namespaces(prefix: str) -> Iterator[list[str]]:
+    """Named network namespaces, always deleted, even when the benchmark fails."""
+    created: list[str] = []
+    try:
+        yield created
+    finally:
+        for name in created:
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def add_namespace(created: list[str], name: str) -> str:
+    sh("ip", "netns", "add", name)
+    created.append(name)
+    return name
+
+
+@contextmanager
+def inside_netns(name: str) -> Iterator[None]:
+    """Enter a namespace in this thread, so children start there; always come back."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    home = os.open("/proc/self/ns/net", os.O_RDONLY)
+    target = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        if libc.setns(target, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns {name}")
+        yield
+    finally:
+        libc.setns(home, CLONE_NEWNET)
+        os.close(home)
+        os.close(target)
+
+
+def plugin_env(contender: Contender, command: str, pod: str) -> dict[str, str]:
+    return {
+        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+        "CNI_COMMAND": command,
+        "CNI_CONTAINERID": f"bench-{pod}",
+        "CNI_IFNAME": "eth0",
+        "CNI_NETNS": f"/run/netns/{pod}",
+        "CNI_PATH": contender.cni_path,
+    }
+
+
+def spawn(contender: Contender, command: str, pod: str) -> subprocess.Popen:
+    import json
+
+    process = subprocess.Popen(
+        contender.argv,
+        env=plugin_env(contender, command, pod),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    assert process.stdin is not None
+    process.stdin.write(json.dumps(contender.config).encode())
+    process.stdin.close()
+    return process
+
+
+def finish(contender: Contender, process: subprocess.Popen, what: str) -> None:
+    assert process.stdout is not None
+    output = process.stdout.read()
+    if process.wait() != 0:
+        contender.failures.append(f"{what}: {output.decode(errors='replace')[:200]}")
+
+
+def timed_call(contender: Contender, command: str, pod: str) -> float:
+    with inside_netns(contender.node):
+        started = time.perf_counter()
+        process = spawn(contender, command, pod)
+        finish(contender, process, f"{command} {pod}")
+        return (time.perf_counter() - started) * 1000
+
+
+def concurrent_adds(contender: Contender, pods: list[str]) -> float:
+    with inside_netns(contender.node):
+        started = time.perf_counter()
+        processes = [spawn(contender, "ADD", pod) for pod in pods]
+        for pod, process in zip(pods, processes, strict=True):
+            finish(contender, process, f"concurrent ADD {pod}")
+        return (time.perf_counter() - started) * 1000
+
+
+def run_rounds(contenders: list[Contender], created: list[str], tag: str) -> None:
+    pods = {c.label: [] for c in contenders}
+    for i in range(SEQUENTIAL_CALLS):
+        for c in contenders:
+            pod = add_namespace(created, f"lcnib-{tag}-{c.node[-1]}-s{i}")
+            pods[c.label].append(pod)
+            c.add_ms.append(timed_call(c, "ADD", pod))
+    for i in range(SEQUENTIAL_CALLS):
+        for c in contenders:
+            c.del_ms.append(timed_call(c, "DEL", pods[c.label][i]))
+    for c in contenders:
+        burst = [
+            add_namespace(created, f"lcnib-{tag}-{c.node[-1]}-c{i}") for i in range(CONCURRENT_ADDS)
+        ]
+        c.concurrent_add_ms = concurrent_adds(c, burst)
+        for pod in burst:
+            timed_call(c, "DEL", pod)
+
+
+def p95(samples: list[float]) -> float:
+    return statistics.quantiles(samples, n=20)[-1]
+
+
+def render(contenders: list[Contender]) -> Table:
+    ours, references = contenders[0], contenders[1:]
+    table = Table(title=f"CNI plugin latency, {SEQUENTIAL_CALLS} calls each (ms; ratio ours/ref)")
+    table.add_column("metric")
+    for c in contenders:
+        table.add_column(c.label, justify="right")
+    metrics = [
+        ("ADD median", lambda c: statistics.median(c.add_ms)),
+        ("ADD p95", lambda c: p95(c.add_ms)),
+        ("DEL median", lambda c: statistics.median(c.del_ms)),
+        ("DEL p95", lambda c: p95(c.del_ms)),
+        (f"{CONCURRENT_ADDS} concurrent ADDs, wall", lambda c: c.concurrent_add_ms),
+    ]
+    for name, measure in metrics:
+        mine = measure(ours)
+        cells = [f"{mine:.1f}"]
+        cells += [f"{measure(r):.1f} ({mine / measure(r):.2f}x)" for r in references]
+        table.add_row(name, *cells)
+    return table
+
+
+def main() -> int:
+    if os.geteuid() != 0:
+        print("bench/cni.py needs root (network namespaces)", file=sys.stderr)
+        return 2
+    tag = uuid.uuid4().hex[:6]
+    with tempfile.TemporaryDirectory(prefix="lcni-bench-") as state, namespaces(tag) as created:
+        contenders = make_contenders(Path(state))
+        for i, c in enumerate(contenders):
+            c.node = add_namespace(created, f"lcnib-{tag}-node{i}")
+        run_rounds(contenders, created, tag)
+    console = Console()
+    console.print(render(contenders))
+    console.print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs")
+    failures = [f"{c.label}: {f}" for c in contenders for f in c.failures]
+    for failure in failures[:10]:
+        console.print(f"[red]failure[/red] {failure}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

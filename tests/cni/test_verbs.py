@@ -1,0 +1,173 @@
+"""Every verb, for every supported version, through the real executable in real namespaces."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.cni.conftest import GATEWAY, Node
+
+VERSIONS = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in version.split("."))
+
+
+def test_version_reports_exactly_what_is_implemented(node: Node) -> None:
+    for version in VERSIONS:
+        result = node.call_raw(node.env("VERSION", None, "", ""), f'{{"cniVersion":"{version}"}}')
+        assert result.returncode == 0, result.stdout
+        assert result.json["supportedVersions"] == VERSIONS
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_add_check_del_round_trip(node: Node, version: str) -> None:
+    pod = node.add_pod()
+    conf = node.config(version)
+
+    added = node.call("ADD", conf, pod)
+
+    assert added.returncode == 0, added.stdout
+    result = added.json
+    assert result["cniVersion"] == version
+    host, container = result["interfaces"]
+    assert container == {
+        "name": "eth0",
+        "mac": container["mac"],
+        "sandbox": f"/run/netns/{pod}",
+    }
+    assert host["name"] in node.veths() and "sandbox" not in host
+    [address] = result["ips"]
+    assert address["gateway"] == GATEWAY and address["interface"] == 1
+    assert ("version" in address) == (version_tuple(version) < (1, 0, 0))
+    assert result["routes"] == [{"dst": "0.0.0.0/0", "gw": GATEWAY}]
+    pod_links = {link["ifname"]: link for link in node.links(pod)}
+    assert pod_links["eth0"]["address"] == container["mac"]
+    assert "default via 10.244.1.1 dev eth0" in node.ip("route", pod=pod)
+    ip = address["address"].split("/")[0]
+    assert node.reservations() == {ip: [f"ctr-{pod}", "eth0", host["name"]]}
+
+    checked = node.call("CHECK", conf | {"prevResult": result}, pod)
+    if version_tuple(version) >= (0, 4, 0):
+        assert checked.returncode == 0, checked.stdout
+    else:
+        assert checked.json["code"] == 1  # CHECK did not exist before 0.4.0
+
+    deleted = node.call("DEL", conf | {"prevResult": result}, pod)
+
+    assert deleted.returncode == 0, deleted.stdout
+    assert deleted.stdout == ""
+    assert node.reservations() == {}
+    assert node.veths() == set()
+    assert "eth0" not in node.link_names(pod)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_status_and_gc_exist_from_1_1_0(node: Node, version: str) -> None:
+    conf = node.config(version)
+    status = node.call_raw(node.env("STATUS", None, "", ""), _dumps(conf))
+    gc_conf = conf | {"cni.dev/valid-attachments": []}
+    gc = node.call_raw(node.env("GC", None, "", ""), _dumps(gc_conf))
+    if version == "1.1.0":
+        assert (status.returncode, status.stdout) == (0, "")
+        assert (gc.returncode, gc.stdout) == (0, "")
+    else:
+        assert status.json["code"] == 1 and gc.json["code"] == 1
+
+
+def test_status_reports_an_exhausted_pool(node: Node) -> None:
+    conf = node.config("1.1.0", subnet="10.244.1.0/30", clusterCidr="10.244.0.0/16")
+    assert node.call("ADD", conf, node.add_pod()).returncode == 0
+
+    status = node.call_raw(node.env("STATUS", None, "", ""), _dumps(conf))
+
+    assert status.returncode != 0 and status.json["code"] == 50
+
+
+def test_gc_keeps_valid_attachments_and_removes_the_rest(node: Node) -> None:
+    conf = node.config("1.1.0")
+    pods = [node.add_pod() for _ in range(3)]
+    results = [node.call("ADD", conf, pod).json for pod in pods]
+    node.ip("link", "add", "stray0", "type", "veth", "peer", "name", "stray1")
+    node.ip("link", "set", "stray0", "master", "cni0")
+    keep = {"containerID": f"ctr-{pods[1]}", "ifname": "eth0"}
+
+    gc = node.call_raw(
+        node.env("GC", None, "", ""), _dumps(conf | {"cni.dev/valid-attachments": [keep]})
+    )
+
+    assert gc.returncode == 0, gc.stdout
+    kept_ip = results[1]["ips"][0]["address"].split("/")[0]
+    assert set(node.reservations()) == {kept_ip}
+    assert node.veths() == {results[1]["interfaces"][0]["name"]}
+
+
+def test_check_reports_each_mismatch(node: Node) -> None:
+    conf = node.config("1.0.0")
+    pod = node.add_pod()
+    result = node.call("ADD", conf, pod).json
+    address = result["ips"][0]["address"]
+    with_prev = conf | {"prevResult": result}
+
+    wrong_ip = {**result, "ips": [{**result["ips"][0], "address": "10.244.1.200/24"}]}
+    assert "no reservation" in _check_error(node, conf | {"prevResult": wrong_ip}, pod)
+    node.ip("route", "del", "default", pod=pod)
+    assert "default route" in _check_error(node, with_prev, pod)
+    node.ip("addr", "del", address, "dev", "eth0", pod=pod)
+    assert "lacks address" in _check_error(node, with_prev, pod)
+    node.ip("link", "del", "eth0", pod=pod)
+    assert "is missing" in _check_error(node, with_prev, pod)
+    assert "needs prevResult" in node.call("CHECK", conf, pod).json["msg"]
+
+
+def _check_error(node: Node, conf: dict, pod: str) -> str:
+    checked = node.call("CHECK", conf, pod)
+    assert checked.returncode != 0
+    assert checked.json["code"] in (7, 105)
+    return checked.json["msg"]
+
+
+def test_prefix_lengths_from_16_to_30_work(node: Node) -> None:
+    for i, (subnet, expected) in enumerate(
+        [("10.244.0.0/16", "10.244.0.2/16"), ("10.244.1.4/30", "10.244.1.6/30")]
+    ):
+        conf = node.config(name=f"net{i}", subnet=subnet, bridge=f"br{i}")
+        added = node.call("ADD", conf, node.add_pod())
+        assert added.returncode == 0, added.stdout
+        assert added.json["ips"][0]["address"] == expected
+
+
+def test_the_labs_network_key_is_accepted_as_cluster_cidr(node: Node) -> None:
+    conf = node.config()
+    del conf["clusterCidr"]
+    assert node.call("ADD", conf | {"network": "10.244.0.0/16"}, node.add_pod()).returncode == 0
+    outside = node.call("ADD", conf | {"network": "10.9.0.0/16"}, node.add_pod())
+    assert outside.json["code"] == 7
+
+
+def test_log_has_one_line_per_call_and_no_config(node: Node) -> None:
+    conf = node.config(secretish="do-not-log-me")
+    pod = node.add_pod()
+    node.call("ADD", conf, pod)
+    node.call("DEL", conf, pod)
+
+    lines = node.log_file.read_text().splitlines()
+
+    assert [line.split()[1:3] for line in lines] == [["ADD", f"ctr-{pod}"], ["DEL", f"ctr-{pod}"]]
+    assert all(" ok " in line and line.endswith("ms") for line in lines)
+    assert "do-not-log-me" not in node.log_file.read_text()
+
+
+def test_log_is_size_bounded(node: Node) -> None:
+    node.log_file.write_bytes(b"x" * (1 << 20) + b"\n")
+    conf = node.config()
+    node.call("ADD", conf, node.add_pod())
+
+    assert node.log_file.stat().st_size < 1000
+    assert node.log_file.with_name(node.log_file.name + ".1").stat().st_size > 1 << 20
+
+
+def _dumps(conf: dict) -> str:
+    import json
+
+    return json.dumps(conf)
