@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, fields
+from typing import Any
 
 import pulumi
 
@@ -41,9 +42,10 @@ def load_config(config: pulumi.Config | None = None) -> StackConfig:
     config = config or pulumi.Config()
     defaults = Settings()
     types = {f.name: type(getattr(defaults, f.name)) for f in fields(Settings)}
-    values = {}
+    values: dict[str, Any] = {}
     for key, field_name in PLAN_KEYS.items():
         expected = types[field_name]
+        value: object
         if expected is int:
             value = config.get_int(key)
         elif expected is tuple:

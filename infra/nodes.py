@@ -75,7 +75,8 @@ class Nodes(pulumi.ComponentResource):
         )
         # pulumi-tls already marks its private outputs secret; wrapping again keeps the
         # export secret even if that ever changed.
-        self.private_key_openssh = pulumi.Output.secret(self.login_key.private_key_openssh)
+        self.private_key_openssh: pulumi.Output[str] = pulumi.Output.secret(
+            self.login_key.private_key_openssh)
         self.members = [self._node(name, node, args) for node in args.plan.nodes]
 
         self.register_outputs({

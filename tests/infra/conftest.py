@@ -20,6 +20,7 @@ import pulumi.runtime.settings as pulumi_settings
 import pytest
 from pulumi.runtime import rpc
 from pulumi.runtime.mocks import MockCallArgs, MockMonitor, MockResourceArgs
+from pulumi.runtime.stack import Stack
 from pulumi.runtime.sync_await import _sync_await
 
 PROJECT, STACK = "k8s-cni-lab", "dev"
@@ -59,12 +60,12 @@ class LabMocks(pulumi.runtime.Mocks):
             state["keyName"] = f"{args.name}-key"
         return f"{args.name}-id", state
 
-    def call(self, args: MockCallArgs) -> dict[str, Any]:
+    def call(self, args: MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]]]:
         self.calls.append(args)
         if args.token == AMI_TOKEN:
-            return {"id": AMI_ID, "imageId": AMI_ID}
+            return {"id": AMI_ID, "imageId": AMI_ID}, []
         if args.token == ZONES_TOKEN:
-            return {"names": ZONES, "zoneIds": ["apse1-az1", "apse1-az2", "apse1-az3"]}
+            return {"names": ZONES, "zoneIds": ["apse1-az1", "apse1-az2", "apse1-az3"]}, []
         raise AssertionError(f"unexpected invoke {args.token}")
 
 
@@ -159,7 +160,7 @@ def deploy(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Deployment
              for key, value in (config or {}).items()})
         namespace = runpy.run_path(str(MAIN), run_name="__main__")
         root = pulumi.runtime.get_root_resource()
-        assert root is not None
+        assert isinstance(root, Stack)
         return Deployment(monitor, mocks, list(created), dict(root.outputs), namespace)
 
     yield run
