@@ -127,6 +127,9 @@ class Nodes(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(
                 parent=self,
                 depends_on=list(args.boot_dependencies),
+                # The replacement takes the same pinned private IP, which AWS refuses while
+                # the old instance holds it: delete first, then create.
+                delete_before_replace=True,
                 # A newer Ubuntu image appearing must not replace a running cluster on the
                 # next `pulumi up`; setting amiId explicitly does replace it.
                 ignore_changes=["ami"] if args.ami_is_latest else None,

@@ -78,11 +78,13 @@ class SecretAwareMonitor(MockMonitor):
         # Resource options the mocks never see, by URN.
         self.dependencies: dict[str, list[str]] = {}
         self.ignore_changes: dict[str, list[str]] = {}
+        self.delete_before_replace: dict[str, bool] = {}
 
     def RegisterResource(self, request):  # the gRPC method's name
         response = super().RegisterResource(request)
         self.dependencies[response.urn] = list(request.dependencies)
         self.ignore_changes[response.urn] = list(request.ignoreChanges)
+        self.delete_before_replace[response.urn] = request.deleteBeforeReplace
         secret_inputs = {key for key, value in request.object.fields.items()
                          if value.HasField("struct_value")
                          and rpc.is_rpc_secret(dict(value.struct_value.fields))}
@@ -165,3 +167,4 @@ def deploy(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Deployment
 
     yield run
     pulumi.runtime.set_all_config({})
+    pulumi_settings.ROOT.set(None)

@@ -219,10 +219,12 @@ def test_nodes_boot_only_after_the_internet_route_exists(deploy):
 
 
 @pulumi.runtime.test
-def test_user_data_change_replaces_the_instance(deploy):
+def test_user_data_change_replaces_the_instance_deleting_the_old_one_first(deploy):
     def check(lab: Deployment) -> None:
         for name, state in instances(lab).items():
             assert state["userDataReplaceOnChange"] is True, name
+            # The new instance reuses the pinned private IP.
+            assert lab.monitor.delete_before_replace[lab.urn_of(INSTANCE, f"lab-{name}")], name
     return deploy().check(check)
 
 
