@@ -87,8 +87,12 @@ def json_loads(text: str) -> Any:
     start = len(text) - len(text.lstrip(" \t\r\n"))
     try:
         value, end = make_scanner(_ScannerContext())(text, start)
-    except StopIteration as e:
-        raise ValueError(f"invalid JSON at offset {e.value}") from None
+    except (StopIteration, SystemError):
+        # Bad input only. The accelerator can only describe the error once json.decoder is
+        # imported (else SystemError), so let the json module produce the message.
+        import json
+
+        return json.loads(text)
     if text[end:].strip(" \t\r\n"):
         raise ValueError(f"extra data at offset {end}")
     return value

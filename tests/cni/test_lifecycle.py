@@ -1,0 +1,133 @@
+"""Traffic, concurrency, DEL tolerance and address reuse on one simulated node."""
+
+from __future__ import annotations
+
+from tests.cni.conftest import Node, sh
+
+CONCURRENT = 64
+
+
+def pod_ip(result: dict) -> str:
+    return result["ips"][0]["address"].split("/")[0]
+
+
+def test_pods_on_one_node_reach_each_other_through_the_bridge(node: Node) -> None:
+    conf = node.config()
+    first, second = node.add_pod(), node.add_pod()
+    first_ip = pod_ip(node.call("ADD", conf, first).json)
+    second_ip = pod_ip(node.call("ADD", conf, second).json)
+
+    ping = sh("ip", "netns", "exec", first, "ping", "-c", "2", "-W", "2", second_ip, check=False)
+    back = sh("ip", "netns", "exec", second, "ping", "-c", "1", "-W", "2", first_ip, check=False)
+    gateway = sh("ip", "netns", "exec", first, "ping", "-c", "1", "-W", "2", "10.244.1.1")
+
+    assert ping.returncode == 0, ping.stdout + ping.stderr
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert gateway.returncode == 0
+
+
+def test_64_concurrent_adds_then_64_concurrent_dels(node: Node) -> None:
+    conf = node.config()
+    pods = [node.add_pod() for _ in range(CONCURRENT)]
+
+    adds = [node.spawn("ADD", conf, pod) for pod in pods]
+    outputs = [process.communicate(input=_dumps(conf)) for process in adds]
+
+    assert [p.returncode for p in adds] == [0] * CONCURRENT, outputs
+    ips = [pod_ip(_loads(out)) for out, _ in outputs]
+    assert len(set(ips)) == CONCURRENT
+    reservations = node.reservations()
+    assert sorted(reservations) == sorted(ips)
+    assert {r[0] for r in reservations.values()} == {f"ctr-{pod}" for pod in pods}
+    assert len(node.veths()) == CONCURRENT
+
+    dels = [node.spawn("DEL", conf, pod) for pod in pods]
+    outputs = [process.communicate(input=_dumps(conf)) for process in dels]
+
+    assert [p.returncode for p in dels] == [0] * CONCURRENT, outputs
+    assert node.reservations() == {}
+    assert node.veths() == set()
+
+
+def test_del_succeeds_without_a_netns_and_releases_the_address(node: Node) -> None:
+    conf = node.config()
+    gone, unset = node.add_pod(), node.add_pod()
+    node.call("ADD", conf, gone)
+    node.call("ADD", conf, unset)
+    sh("ip", "netns", "del", gone)
+
+    after_netns_deleted = node.call("DEL", conf, gone)
+    without_cni_netns = node.call("DEL", conf, None, container_id=f"ctr-{unset}")
+
+    assert after_netns_deleted.returncode == 0, after_netns_deleted.stdout
+    assert without_cni_netns.returncode == 0, without_cni_netns.stdout
+    assert node.reservations() == {}
+    assert node.veths() == set()
+    assert "eth0" not in node.link_names(unset)
+
+
+def test_del_twice_and_del_of_an_unknown_container_succeed(node: Node) -> None:
+    conf = node.config()
+    pod = node.add_pod()
+    node.call("ADD", conf, pod)
+
+    results = [node.call("DEL", conf, pod) for _ in range(2)]
+    results.append(node.call("DEL", conf, pod, container_id="never-added"))
+
+    assert [r.returncode for r in results] == [0, 0, 0]
+    assert node.reservations() == {}
+
+
+def test_del_releases_only_the_exact_attachment(node: Node) -> None:
+    """Same container ID, two interface names: DEL of one leaves the other alone."""
+    conf = node.config()
+    first, second = node.add_pod(), node.add_pod()
+    eth0 = node.call("ADD", conf, first, container_id="shared", ifname="eth0").json
+    eth1 = node.call("ADD", conf, second, container_id="shared", ifname="eth1").json
+
+    node.call("DEL", conf, first, container_id="shared", ifname="eth0")
+
+    assert list(node.reservations()) == [pod_ip(eth1)]
+    assert node.veths() == {eth1["interfaces"][0]["name"]}
+    assert node.link_names(second) == {"lo", "eth1"}
+    assert pod_ip(eth0) != pod_ip(eth1)
+
+
+def test_add_after_del_reuses_nothing_in_use(node: Node) -> None:
+    conf = node.config()
+    pods = [node.add_pod() for _ in range(30)]
+    ips = {pod: pod_ip(node.call("ADD", conf, pod).json) for pod in pods}
+    assert ips[pods[0]] == "10.244.1.2"
+    node.call("DEL", conf, pods[0])  # frees .2, which a prefix-matching delete would confuse
+    in_use = {ip for pod, ip in ips.items() if pod != pods[0]}
+
+    fresh = [node.add_pod() for _ in range(3)]
+    new_ips = [pod_ip(node.call("ADD", conf, pod).json) for pod in fresh]
+
+    assert not set(new_ips) & in_use
+    assert new_ips == ["10.244.1.32", "10.244.1.33", "10.244.1.34"]  # round robin, no reuse yet
+    assert len(node.reservations()) == 29 + 3
+
+
+def test_a_second_add_of_the_same_attachment_is_rejected(node: Node) -> None:
+    conf = node.config()
+    pod = node.add_pod()
+    node.call("ADD", conf, pod)
+    before = (node.reservations(), node.veths(), node.link_names(pod))
+
+    again = node.call("ADD", conf, pod)
+
+    assert again.json["code"] == 101
+    assert (node.reservations(), node.veths(), node.link_names(pod)) == before
+
+
+def _dumps(conf: dict) -> str:
+    import json
+
+    return json.dumps(conf)
+
+
+def _loads(text: str) -> dict:
+    import json
+
+    return json.loads(text)
