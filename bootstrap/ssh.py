@@ -15,6 +15,7 @@ import posixpath
 import random
 import secrets
 import shlex
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -126,8 +127,10 @@ def host_key_name(access: NodeAccess) -> str:
 def remote_command(command: str, *, user: str, timeout: float) -> str:
     """The command line sent to sshd: bounded by timeout(1) so nothing outlives the call,
     run by bash, and through `sudo -n` when the login user is not root."""
+    # --norc: bash sources ~/.bashrc when it believes sshd started it, which can cost a
+    # tenth of a second per command (pyenv, rustup...). The login shell does that once anyway.
     bounded = (f"timeout -k {KILL_AFTER_SECONDS} {timeout:g} "
-               f"bash -c {shlex.quote(command)}")
+               f"bash --norc --noprofile -c {shlex.quote(command)}")
     return bounded if user == "root" else f"sudo -n {bounded}"
 
 
@@ -287,6 +290,29 @@ class NodeSSH:
                  f"&& mv -f {shlex.quote(final_tmp)} {shlex.quote(path)}; "
                  f"status=$?; rm -f {shlex.quote(staged)}; exit $status",
                  timeout=timeout, quiet=True)
+
+    def read_file(self, path: str, *, timeout: float = 60) -> tuple[bytes, int] | None:
+        """A file's content and permission bits over SFTP (no shell to start), or None if
+        there is no such file."""
+        with self._lock:
+            sftp = self._sftp_session(timeout)
+            try:
+                mode = sftp.stat(path).st_mode or 0
+                with sftp.open(path, "rb") as remote:
+                    remote.prefetch()
+                    data = remote.read()
+            except FileNotFoundError:
+                return None
+        return data, stat.S_IMODE(mode)
+
+    def exists(self, path: str, *, timeout: float = 60) -> bool:
+        with self._lock:
+            sftp = self._sftp_session(timeout)
+            try:
+                sftp.stat(path)
+            except FileNotFoundError:
+                return False
+        return True
 
     def _sftp_session(self, timeout: float) -> paramiko.SFTPClient:
         client = self._ensure_connected()

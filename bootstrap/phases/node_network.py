@@ -20,6 +20,8 @@ from infra.plan import Plan
 NAME = "node-network"
 SETUP_TIMEOUT = 120
 SYSTEMCTL_TIMEOUT = 60
+# systemd's own test for "booted with systemd" (sd_booted).
+SYSTEMD_RUNNING_MARKER = "/run/systemd/system"
 
 
 def new_node_network_phase() -> Phase[LocalContext]:
@@ -53,8 +55,7 @@ def configure_node_network(node: NodeSSH, plan: Plan) -> None:
 
 
 def enable_boot_unit(node: NodeSSH, *, unit_changed: bool) -> None:
-    if not node.run("test -d /run/systemd/system", timeout=SYSTEMCTL_TIMEOUT, check=False,
-                    quiet=True).ok:
+    if not node.exists(SYSTEMD_RUNNING_MARKER):
         log_noop(NAME, node.name, f"{BOOT_UNIT_NAME} is installed for boot, but no systemd "
                  "runs here to enable it")
         return

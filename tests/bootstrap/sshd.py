@@ -35,6 +35,34 @@ def new_ed25519_key() -> KeyPair:
     return KeyPair(private, public)
 
 
+def write_sshd_files(directory: Path, *, listen: str, port: int, host_key: KeyPair,
+                     client_key: KeyPair) -> Path:
+    """sshd_config, host key and authorized_keys in `directory`; returns the config path."""
+    host_key_path = directory / "ssh_host_ed25519_key"
+    host_key_path.write_text(host_key.private_openssh)
+    host_key_path.chmod(0o600)
+    (directory / "authorized_keys").write_text(client_key.public_line + "\n")
+    config = directory / "sshd_config"
+    config.write_text(f"""\
+ListenAddress {listen}
+Port {port}
+HostKey {host_key_path}
+PidFile {directory}/sshd.pid
+AuthorizedKeysFile {directory}/authorized_keys
+StrictModes no
+UsePAM no
+PermitRootLogin prohibit-password
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+MaxSessions 64
+MaxStartups 64
+Subsystem sftp internal-sftp
+LogLevel ERROR
+""")
+    return config
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -55,27 +83,8 @@ class TestSSHServer:
 
     def __post_init__(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        host_key_path = self.directory / "ssh_host_ed25519_key"
-        host_key_path.write_text(self.host_key.private_openssh)
-        host_key_path.chmod(0o600)
-        (self.directory / "authorized_keys").write_text(self.client_key.public_line + "\n")
-        (self.directory / "sshd_config").write_text(f"""\
-ListenAddress 127.0.0.1
-Port {self.port}
-HostKey {host_key_path}
-PidFile {self.directory}/sshd.pid
-AuthorizedKeysFile {self.directory}/authorized_keys
-StrictModes no
-UsePAM no
-PermitRootLogin prohibit-password
-PubkeyAuthentication yes
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-MaxSessions 64
-MaxStartups 64
-Subsystem sftp internal-sftp
-LogLevel ERROR
-""")
+        write_sshd_files(self.directory, listen="127.0.0.1", port=self.port,
+                         host_key=self.host_key, client_key=self.client_key)
 
     def start(self) -> None:
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation dir

@@ -1,0 +1,199 @@
+"""The local workflow over real SSH: each node is a namespace this test creates, running sshd
+in a private mount namespace whose /etc and /opt are overlays (writes land in the test's
+directory, never on the host) and whose /run is empty (no systemd)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import paramiko
+import pytest
+
+from bootstrap.errors import PhaseError
+from bootstrap.inventory import Inventory, inventory_from_plan
+from bootstrap.node_network import (
+    NODE_FILES,
+    cni_conflist,
+    render_boot_unit,
+    render_setup_script,
+    render_teardown_script,
+)
+from bootstrap.phases import run_local_workflow
+from bootstrap.ssh import ClusterSSH, ConnectPolicy
+from infra.plan import Plan, Settings, make_plan
+from tests.bootstrap.conftest import needs_netns, needs_sshd
+from tests.bootstrap.netns import Namespaces, connect_in_netns, iptables_state, namespaces
+from tests.bootstrap.sshd import SSHD, KeyPair, new_ed25519_key, write_sshd_files
+
+pytestmark = [needs_netns, needs_sshd]
+
+OVERLAID = ("/etc", "/opt")
+PLUGIN_V1 = b"#!/usr/bin/python3 -IS\nprint('lab-cni v1')\n"
+
+
+@dataclass(frozen=True)
+class SimulatedNode:
+    name: str
+    namespace: str
+    directory: Path
+    host_key: KeyPair
+
+    def upper(self, path: str) -> Path:
+        """Where the node's writes below `path` (one of OVERLAID) land."""
+        return self.directory / "upper" / path.strip("/")
+
+    def file(self, node_path: str) -> Path:
+        top = next(p for p in OVERLAID if node_path.startswith(p + "/"))
+        return self.upper(top) / node_path[len(top) + 1:]
+
+
+@dataclass(frozen=True)
+class SimulatedCluster:
+    plan: Plan
+    nodes: dict[str, SimulatedNode]
+    client_key: KeyPair
+    spaces: Namespaces
+
+    def inventory(self) -> Inventory:
+        return inventory_from_plan(
+            self.plan, hosts={n.name: str(n.private_ip) for n in self.plan.nodes},
+            host_keys={name: node.host_key.public_line for name, node in self.nodes.items()},
+            private_key=self.client_key.private_openssh, user="root")
+
+    def ssh(self) -> ClusterSSH:
+        namespace_of = {str(n.private_ip): self.nodes[n.name].namespace for n in self.plan.nodes}
+
+        class InNamespace(paramiko.SSHClient):
+            def connect(self, hostname: str, port: int = 22,  # type: ignore[override]
+                        **kwargs: object) -> None:
+                timeout = float(kwargs.get("timeout") or 5)  # type: ignore[arg-type]
+                kwargs["sock"] = connect_in_netns(namespace_of[hostname], hostname, port,
+                                                  timeout)
+                super().connect(hostname, port, **kwargs)  # type: ignore[arg-type]
+
+        return ClusterSSH(self.inventory(), client_factory=InNamespace, on_line=None,
+                          policy=ConnectPolicy(deadline=20, first_delay=0.05, max_delay=0.5))
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[SimulatedCluster]:
+    plan = make_plan(Settings(node_count=2))
+    client_key = new_ed25519_key()
+    with namespaces() as spaces:
+        nodes = {node.name: _boot_node(spaces, tmp_path / node.name, node.name,
+                                       str(node.private_ip), client_key)
+                 for node in plan.nodes}
+        yield SimulatedCluster(plan, nodes, client_key, spaces)
+
+
+def _boot_node(spaces: Namespaces, directory: Path, name: str, address: str,
+               client_key: KeyPair) -> SimulatedNode:
+    directory.mkdir()
+    node = SimulatedNode(name, spaces.create(name), directory, new_ed25519_key())
+    spaces.run(node.namespace, "ip", "addr", "add", f"{address}/32", "dev", "lo")
+    config = write_sshd_files(directory, listen=address, port=22, host_key=node.host_key,
+                              client_key=client_key)
+    mounts = []
+    for path in OVERLAID:
+        upper, work = node.upper(path), directory / "work" / path.strip("/")
+        upper.mkdir(parents=True)
+        work.mkdir(parents=True)
+        mounts.append(f"mount -t overlay overlay -o lowerdir={path},upperdir={upper},"
+                      f"workdir={work} {path}")
+    mounts.append("mount -t tmpfs tmpfs /run && mkdir /run/sshd")
+    spaces.start(node.namespace, "unshare", "--mount", "--propagation", "private", "bash",
+                 "-ec", " && ".join([*mounts, f"exec {SSHD} -D -e -f {config}"]))
+    return node
+
+
+def _written_files(node: SimulatedNode) -> set[str]:
+    return {f"{top}/{path.relative_to(node.upper(top))}" for top in OVERLAID
+            for path in node.upper(top).rglob("*") if path.is_file()}
+
+
+def test_workflow_installs_everything_then_a_rerun_changes_nothing(
+        cluster: SimulatedCluster, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    plugin = tmp_path / "lab_cni.py"
+    plugin.write_bytes(PLUGIN_V1)
+    plan, inventory = cluster.plan, cluster.inventory()
+    with cluster.ssh() as ssh:
+        started = time.monotonic()
+        ran = run_local_workflow(plan, inventory, ssh=ssh, plugin_source=plugin)
+        first_run = time.monotonic() - started
+        states = {n.name: iptables_state(cluster.spaces, n.namespace)
+                  for n in cluster.nodes.values()}
+        caplog.set_level(logging.INFO, logger="k8s_cni_lab")
+        rerun = run_local_workflow(plan, inventory, ssh=ssh, plugin_source=plugin)
+
+    assert ran == rerun == ["wait-ssh", "cni", "node-network"]
+    assert first_run < 20
+    for name, node in cluster.nodes.items():
+        planned = plan.node(name)
+        assert _written_files(node) == set(NODE_FILES.__dict__.values())  # and nothing else
+        expected = {
+            NODE_FILES.plugin: (PLUGIN_V1, 0o755),
+            NODE_FILES.conflist: (None, 0o644),
+            NODE_FILES.setup_script: (render_setup_script(plan, planned).encode(), 0o755),
+            NODE_FILES.teardown_script: (render_teardown_script(plan, planned).encode(), 0o755),
+            NODE_FILES.boot_unit: (render_boot_unit().encode(), 0o644),
+        }
+        for path, (content, mode) in expected.items():
+            assert node.file(path).stat().st_mode & 0o7777 == mode, path
+            if content is not None:
+                assert node.file(path).read_bytes() == content, path
+        conflist = json.loads(node.file(NODE_FILES.conflist).read_text())
+        assert conflist == cni_conflist(plan, planned)
+        bridge = cluster.spaces.run(node.namespace, "ip", "-4", "-o", "addr", "show", "cni0")
+        assert f"inet {planned.gateway}/24" in bridge.stdout
+        assert iptables_state(cluster.spaces, node.namespace) == states[name]
+        assert "-j LAB-FWD" in states[name] and "-j LAB-POSTRTG" in states[name]
+
+    messages = [record.getMessage() for record in caplog.records]
+    for name in cluster.nodes:
+        assert (f"[cni] {name}: no-op: {NODE_FILES.plugin} already has this content and mode "
+                "(sha256 match)") in messages
+        assert (f"[node-network] {name}: no-op: bridge, sysctls and iptables rules already "
+                "in place") in messages
+        assert (f"[node-network] {name}: no-op: lab-node-network.service is installed for "
+                "boot, but no systemd runs here to enable it") in messages
+    assert not [m for m in messages if ": installed " in m]
+
+
+def test_only_cni_uploads_a_changed_plugin_and_touches_nothing_else(
+        cluster: SimulatedCluster, tmp_path: Path) -> None:
+    plugin = tmp_path / "lab_cni.py"
+    plugin.write_bytes(PLUGIN_V1)
+    plan, inventory = cluster.plan, cluster.inventory()
+    with cluster.ssh() as ssh:
+        assert run_local_workflow(plan, inventory, ssh=ssh, plugin_source=plugin,
+                                  only=["cni"]) == ["cni"]
+        plugin.write_bytes(b"#!/usr/bin/python3 -IS\nprint('lab-cni v2')\n")
+        assert run_local_workflow(plan, inventory, ssh=ssh, plugin_source=plugin,
+                                  skip=["wait-ssh", "node-network"]) == ["cni"]
+    for node in cluster.nodes.values():
+        assert node.file(NODE_FILES.plugin).read_bytes().endswith(b"v2')\n")
+        assert _written_files(node) == {NODE_FILES.plugin, NODE_FILES.conflist}
+        links = cluster.spaces.run(node.namespace, "ip", "-o", "link").stdout
+        assert "cni0" not in links
+
+
+def test_a_failing_node_fails_the_phase_naming_the_node(cluster: SimulatedCluster,
+                                                        tmp_path: Path) -> None:
+    plugin = tmp_path / "lab_cni.py"
+    plugin.write_bytes(PLUGIN_V1)
+    broken = cluster.nodes["worker-1"]
+    # A cni0 that is not a bridge: the setup script must refuse it on that node only.
+    cluster.spaces.run(broken.namespace, "ip", "link", "add", "cni0", "type", "veth",
+                       "peer", "name", "cni0-peer")
+    with cluster.ssh() as ssh, pytest.raises(PhaseError) as failure:
+        run_local_workflow(cluster.plan, cluster.inventory(), ssh=ssh, plugin_source=plugin)
+    message = str(failure.value)
+    assert message.startswith("phase node-network: 1 node(s) failed: worker-1")
+    assert "cni0 exists but is not a bridge" in message
+    master = cluster.nodes["master"]
+    assert "cni0" in cluster.spaces.run(master.namespace, "ip", "-o", "link").stdout

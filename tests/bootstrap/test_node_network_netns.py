@@ -1,0 +1,166 @@
+"""The rendered node network scripts applied for real, inside namespaces this test creates."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from bootstrap.node_network import (
+    NO_CHANGES_LINE,
+    render_setup_script,
+    render_teardown_script,
+)
+from infra.plan import Settings, make_plan
+from tests.bootstrap.conftest import needs_netns
+from tests.bootstrap.netns import Namespaces, iptables_state, link_state, namespaces
+
+pytestmark = needs_netns
+
+PLAN = make_plan(Settings())
+WORKER = PLAN.node("worker-1")
+SETUP = render_setup_script(PLAN, WORKER)
+TEARDOWN = render_teardown_script(PLAN, WORKER)
+# Someone else's rules: they must survive our setup and teardown untouched.
+FOREIGN_RULES = [
+    ("filter", "FORWARD", "-s", "192.0.2.7/32", "-j", "DROP"),
+    ("nat", "POSTROUTING", "-s", "192.0.2.0/24", "-o", "lo", "-j", "MASQUERADE"),
+]
+ECHO_PORT = "8080"
+# Answers each connection with the address it came from, then closes.
+PEER_ECHO = f"""
+import socket
+server = socket.socket()
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind(("0.0.0.0", {ECHO_PORT}))
+server.listen()
+print("ready", flush=True)
+while True:
+    conn, peer = server.accept()
+    conn.sendall(peer[0].encode())
+    conn.close()
+"""
+ASK_PEER = """
+import socket, sys
+with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3) as conn:
+    print(conn.recv(64).decode())
+"""
+
+
+@pytest.fixture
+def spaces() -> Iterator[Namespaces]:
+    with namespaces() as made:
+        yield made
+
+
+@pytest.fixture
+def node(spaces: Namespaces) -> str:
+    """A node namespace with someone else's rules and Docker's FORWARD policy (DROP)."""
+    name = spaces.create("node")
+    spaces.run(name, "iptables", "-P", "FORWARD", "DROP")
+    for table, chain, *spec in FOREIGN_RULES:
+        spaces.run(name, "iptables", "-t", table, "-A", chain, *spec)
+    return name
+
+
+def apply(spaces: Namespaces, namespace: str, script: str) -> str:
+    return spaces.run(namespace, "bash", "-s", stdin=script).stdout
+
+
+def test_setup_applies_everything_and_a_second_run_changes_nothing(
+        spaces: Namespaces, node: str) -> None:
+    first = apply(spaces, node, SETUP)
+    assert "created bridge cni0" in first and "rebuilt iptables chains" in first
+    after_first = (iptables_state(spaces, node), link_state(spaces, node))
+
+    second = apply(spaces, node, SETUP)
+    assert second.strip() == NO_CHANGES_LINE
+    assert (iptables_state(spaces, node), link_state(spaces, node)) == after_first
+
+    saved = after_first[0]
+    assert '-A LAB-POSTRTG -s 10.244.1.0/24 ! -d 10.244.0.0/16 -m comment --comment ' \
+           '"k8s-cni-lab masquerade pod traffic leaving the cluster" -j MASQUERADE' in saved
+    assert saved.count("-j LAB-FWD") == 1 and saved.count("-j LAB-POSTRTG") == 1
+    assert "-A FORWARD -s 192.0.2.7/32 -j DROP" in saved  # foreign rules kept
+    assert "inet 10.244.1.1/24" in after_first[1]
+    assert spaces.run(node, "sysctl", "-n", "net.ipv4.ip_forward").stdout.strip() == "1"
+    assert spaces.run(node, "sysctl", "-n",
+                      "net.bridge.bridge-nf-call-iptables").stdout.strip() == "1"
+
+
+def test_setup_repairs_drift_back_to_the_same_state(spaces: Namespaces, node: str) -> None:
+    apply(spaces, node, SETUP)
+    wanted = (iptables_state(spaces, node), link_state(spaces, node))
+    spaces.run(node, "iptables", "-t", "nat", "-F", "LAB-POSTRTG")  # a rule lost
+    spaces.run(node, "iptables", "-A", "LAB-FWD", "-s", "10.99.0.0/16", "-j", "ACCEPT")  # stale
+    spaces.run(node, "iptables", "-D", "FORWARD", "1")  # our jump gone
+    spaces.run(node, "ip", "addr", "add", "10.99.0.1/24", "dev", "cni0")  # an extra address
+    spaces.run(node, "ip", "link", "set", "cni0", "down")
+    spaces.run(node, "sysctl", "-q", "-w", "net.ipv4.ip_forward=0")
+
+    repaired = apply(spaces, node, SETUP)
+    assert "removed 10.99.0.1/24 from cni0" in repaired and "set net.ipv4.ip_forward=1" in repaired
+    assert (iptables_state(spaces, node), link_state(spaces, node)) == wanted
+
+
+def test_teardown_leaves_exactly_what_was_there_before(spaces: Namespaces, node: str) -> None:
+    before = (iptables_state(spaces, node), link_state(spaces, node))
+    apply(spaces, node, SETUP)
+    removed = apply(spaces, node, TEARDOWN)
+    assert "removed bridge cni0" in removed and "removed chain LAB-FWD (filter)" in removed
+    assert (iptables_state(spaces, node), link_state(spaces, node)) == before
+    assert apply(spaces, node, TEARDOWN).strip() == NO_CHANGES_LINE
+
+
+def test_nat_applies_only_to_traffic_leaving_the_cluster(spaces: Namespaces, node: str) -> None:
+    """A pod on worker-1 reaches a pod of worker-2 with its own address, and the internet
+    with the node's address (findings #6), through a FORWARD policy of DROP."""
+    pod, outside = spaces.create("pod"), spaces.create("outside")
+    remote_pod, internet, node_ip = "10.244.2.2", "198.51.100.1", str(WORKER.private_ip)
+    apply(spaces, node, SETUP)
+    _wire_pod(spaces, node, pod, pod_ip="10.244.1.2/24", gateway=str(WORKER.gateway))
+    # "outside" is the VPC router holding the remote pod and the internet host's addresses.
+    _veth(spaces, node, "eth0", outside, "vpc0")
+    spaces.run(node, "ip", "addr", "add", f"{node_ip}/24", "dev", "eth0")
+    spaces.run(node, "ip", "route", "add", "default", "via", "10.0.1.1")
+    spaces.run(outside, "ip", "addr", "add", "10.0.1.1/24", "dev", "vpc0")
+    for address in (remote_pod, internet):
+        spaces.run(outside, "ip", "addr", "add", f"{address}/32", "dev", "lo")
+    spaces.run(outside, "ip", "route", "add", str(WORKER.pod_cidr), "via", node_ip)
+    _start_peer_echo(spaces, outside)
+
+    assert _source_seen(spaces, pod, remote_pod) == "10.244.1.2"  # not NATed in the cluster
+    assert _source_seen(spaces, pod, internet) == node_ip  # NATed on the way out
+
+
+def _veth(spaces: Namespaces, left_ns: str, left: str, right_ns: str, right: str) -> None:
+    spaces.run(left_ns, "ip", "link", "add", left, "type", "veth", "peer", "name", right,
+               "netns", right_ns)
+    spaces.run(left_ns, "ip", "link", "set", left, "up")
+    spaces.run(right_ns, "ip", "link", "set", right, "up")
+
+
+def _wire_pod(spaces: Namespaces, node: str, pod: str, *, pod_ip: str, gateway: str) -> None:
+    _veth(spaces, node, "vethpod", pod, "eth0")
+    spaces.run(node, "ip", "link", "set", "vethpod", "master", "cni0")
+    spaces.run(pod, "ip", "addr", "add", pod_ip, "dev", "eth0")
+    spaces.run(pod, "ip", "route", "add", "default", "via", gateway)
+
+
+def _start_peer_echo(spaces: Namespaces, namespace: str) -> None:
+    server = spaces.start(namespace, "/usr/bin/python3", "-I", "-c", PEER_ECHO)
+    assert server.stdout is not None
+    assert server.stdout.readline().strip() == "ready"
+
+
+def _source_seen(spaces: Namespaces, client_ns: str, address: str) -> str:
+    """The source address the echo server at `address` saw for a connection from client_ns."""
+    deadline = time.monotonic() + 5
+    while True:  # the bridge port may need a moment to forward
+        asked = spaces.run(client_ns, "/usr/bin/python3", "-I", "-c", ASK_PEER, address,
+                           ECHO_PORT, check=False)
+        if asked.returncode == 0 or time.monotonic() > deadline:
+            assert asked.returncode == 0, asked.stdout + asked.stderr
+            return asked.stdout.strip()
+        time.sleep(0.1)
