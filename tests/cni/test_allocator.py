@@ -1,0 +1,133 @@
+"""Property-based tests of the pure layers: allocator over MemoryStore, IPv4 math, JSON codec.
+
+No root needed: these import the plugin file as a module.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import json
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.cni.conftest import load_plugin_module
+
+lab_cni: ModuleType = load_plugin_module()
+
+# A small pool keeps exhaustion and wrap-around reachable: 10.0.0.0/28, gateway .1 -> 13 hosts.
+NETWORK, PREFIX = lab_cni.parse_cidr("10.0.0.0/28")
+GATEWAY = NETWORK + 1
+BROADCAST = lab_cni.calc_broadcast(NETWORK, PREFIX)
+
+keys = st.tuples(st.sampled_from("abcdefg"), st.sampled_from(["eth0", "eth1"]))
+operations = st.lists(st.tuples(st.sampled_from(["allocate", "release"]), keys), max_size=60)
+
+
+def run_model(store: object, ops: list[tuple[str, tuple[str, str]]]) -> list[object]:
+    """Apply operations to a store; check the allocator's invariants after each; return outcomes."""
+    pool = lab_cni.Pool(NETWORK, PREFIX, GATEWAY)
+    owned: dict[tuple[str, str], int] = {}
+    outcomes: list[object] = []
+    for op, key in ops:
+        if op == "allocate":
+            outcomes.append(allocate_one(store, pool, owned, key))
+        else:
+            released = lab_cni.release(store, *key)
+            assert (released.ip if released else None) == owned.pop(key, None)
+            outcomes.append(released.ip if released else None)
+        reserved = {ip: r.key() for ip, r in store.reserved().items()}
+        assert reserved == {ip: key for key, ip in owned.items()}
+    return outcomes
+
+
+def allocate_one(store: object, pool: object, owned: dict, key: tuple[str, str]) -> object:
+    last = store.last_reserved()
+    try:
+        ip = lab_cni.allocate(store, pool, *key, "vethx")
+    except lab_cni.DuplicateAttachment:
+        assert key in owned
+        return "duplicate"
+    except lab_cni.PoolExhausted:
+        assert key not in owned and len(owned) == pool.size()
+        return "exhausted"
+    assert key not in owned
+    assert ip not in owned.values()
+    assert NETWORK < ip < BROADCAST and ip != GATEWAY
+    free = [c for c in pool.candidates(last) if c not in owned.values()]
+    assert ip == free[0]  # round robin: the first free address after the last one handed out
+    owned[key] = ip
+    return ip
+
+
+@given(operations)
+def test_allocator_never_hands_out_an_address_twice_or_a_reserved_one(ops: list) -> None:
+    run_model(lab_cni.MemoryStore(), ops)
+
+
+@settings(max_examples=40, deadline=None)
+@given(operations)
+def test_disk_store_behaves_like_the_memory_store(tmp_path_factory: object, ops: list) -> None:
+    data_dir = Path(tmp_path_factory.mktemp("store"))
+    disk = lab_cni.DiskStore(str(data_dir), "net")
+    with disk:
+        assert run_model(disk, ops) == run_model(lab_cni.MemoryStore(), ops)
+
+
+@given(st.integers(16, 30), st.integers(0, 2**32 - 1), st.integers(0, 300))
+def test_pool_candidates_cover_every_host_but_the_gateway(prefix: int, seed: int, k: int) -> None:
+    network = seed & lab_cni.calc_netmask(prefix)
+    gateway = lab_cni.calc_gateway(network, prefix)
+    pool = lab_cni.Pool(network, prefix, gateway)
+    after = network + k % (2 ** (32 - prefix))
+    first = list(itertools.islice(pool.candidates(after), 300))
+    hosts = ipaddress.ip_network(f"{lab_cni.format_ipv4(network)}/{prefix}").num_addresses - 2
+    assert pool.size() == hosts - 1
+    assert len(set(first)) == len(first) == min(300, pool.size())
+    assert all(ip in pool and ip != gateway for ip in first)
+
+
+@given(st.ip_addresses(v=4))
+def test_ipv4_parse_and_format_round_trip(address: ipaddress.IPv4Address) -> None:
+    assert lab_cni.parse_ipv4(str(address)) == int(address)
+    assert lab_cni.format_ipv4(int(address)) == str(address)
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(0, 32))
+def test_parse_cidr_agrees_with_ipaddress(seed: int, prefix: int) -> None:
+    text = f"{ipaddress.IPv4Address(seed)}/{prefix}"
+    try:
+        expected = ipaddress.ip_network(text, strict=True)
+    except ValueError:
+        with pytest.raises(ValueError):
+            lab_cni.parse_cidr(text)
+        return
+    assert lab_cni.parse_cidr(text) == (int(expected.network_address), prefix)
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: st.lists(children) | st.dictionaries(st.text(), children),
+    max_leaves=20,
+)
+
+
+@given(json_values)
+def test_json_codec_matches_the_json_module(value: object) -> None:
+    text = json.dumps(value)
+    assert lab_cni.json_loads(text) == json.loads(text)
+    assert json.loads(lab_cni.json_dumps(value)) == json.loads(text)
+
+
+@pytest.mark.parametrize("text", ['{"a": ', "[1, 2", "", "{} {}", "nul", '{"a": 1,}'])
+def test_json_loads_rejects_what_the_json_module_rejects(text: str) -> None:
+    with pytest.raises(ValueError):
+        lab_cni.json_loads(text)
