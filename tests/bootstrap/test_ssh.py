@@ -16,7 +16,7 @@ from bootstrap.errors import (
     NodesFailed,
     SSHUnreachable,
 )
-from bootstrap.ssh import ClusterSSH, ConnectPolicy, for_each_node
+from bootstrap.ssh import ClusterSSH, ConnectPolicy
 from tests.bootstrap.conftest import needs_sshd
 from tests.bootstrap.sshd import TestSSHServer, new_ed25519_key
 
@@ -183,24 +183,6 @@ def test_parallel_failure_lists_every_failed_node(sshd: TestSSHServer) -> None:
     message = str(failed.value)
     assert "2 node(s) failed: worker-1, worker-2" in message
     assert "- worker-1: node worker-1: command exited with status 2" in message
-
-
-def test_for_each_node_bounds_the_pool() -> None:
-    running, peak, lock = 0, 0, threading.Lock()
-
-    def work(name: str) -> str:
-        nonlocal running, peak
-        with lock:
-            running += 1
-            peak = max(peak, running)
-        time.sleep(0.05)
-        with lock:
-            running -= 1
-        return name.upper()
-
-    assert for_each_node(work, ["a", "b", "c", "d", "e"], max_workers=2) == {
-        "a": "A", "b": "B", "c": "C", "d": "D", "e": "E"}
-    assert peak == 2
 
 
 def _read(path: Path) -> str:
