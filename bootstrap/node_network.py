@@ -222,26 +222,34 @@ ensure_sysctl net.bridge.bridge-nf-call-iptables 1
 
 
 def _setup_bridge(address: str) -> str:
+    # Outputs are read into variables, not piped into `grep -q`: under pipefail an early
+    # grep exit can fail the pipeline (SIGPIPE) and be mistaken for "not found".
     bridge, wanted = shlex.quote(BRIDGE), shlex.quote(address)
     return f"""\
 # The {BRIDGE} bridge, up, holding the pod gateway address and no other IPv4 address.
 if ! ip link show dev {bridge} >/dev/null 2>&1; then
   ip link add name {bridge} type bridge; changed "created bridge {BRIDGE}"
 fi
-if ! ip -d -o link show dev {bridge} | grep -q ' bridge '; then
-  echo "node-network: {BRIDGE} exists but is not a bridge; remove it and re-run" >&2; exit 1
-fi
-for address in $(ip -4 -o addr show dev {bridge} | awk '{{print $4}}'); do
+details=$(ip -d -o link show dev {bridge})
+case "$details" in
+  *" bridge "*) ;;
+  *) echo "node-network: {BRIDGE} exists but is not a bridge; remove it and re-run" >&2; exit 1;;
+esac
+addresses=$(ip -4 -o addr show dev {bridge} | awk '{{print $4}}')
+for address in $addresses; do
   if [ "$address" != {wanted} ]; then
     ip addr del "$address" dev {bridge}; changed "removed $address from {BRIDGE}"
   fi
 done
-if ! ip -4 -o addr show dev {bridge} | awk '{{print $4}}' | grep -qxF {wanted}; then
-  ip addr add {wanted} dev {bridge}; changed "added {address} to {BRIDGE}"
-fi
-if ! ip -o link show dev {bridge} | grep -q '[<,]UP[,>]'; then
-  ip link set dev {bridge} up; changed "set {BRIDGE} up"
-fi
+case " $(echo $addresses) " in
+  *" "{wanted}" "*) ;;
+  *) ip addr add {wanted} dev {bridge}; changed "added {address} to {BRIDGE}";;
+esac
+flags=${{details#*<}}
+case ",${{flags%%>*}}," in
+  *,UP,*) ;;
+  *) ip link set dev {bridge} up; changed "set {BRIDGE} up";;
+esac
 """
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 
@@ -104,6 +105,27 @@ def test_setup_repairs_drift_back_to_the_same_state(spaces: Namespaces, node: st
     assert (iptables_state(spaces, node), link_state(spaces, node)) == wanted
 
 
+def test_the_boot_run_restores_everything_a_reboot_lost(spaces: Namespaces, node: str) -> None:
+    """A reboot loses the bridge, the sysctls and every iptables rule (findings #7)."""
+    apply(spaces, node, SETUP)
+    wanted = (iptables_state(spaces, node), link_state(spaces, node))
+    spaces.run(node, "ip", "link", "del", "cni0")
+    spaces.run(node, "sysctl", "-q", "-w", "net.ipv4.ip_forward=0")
+    for table in ("filter", "nat"):
+        spaces.run(node, "iptables", "-t", table, "-F")
+        spaces.run(node, "iptables", "-t", table, "-X")
+    spaces.run(node, "iptables", "-P", "FORWARD", "DROP")
+    for table, chain, *spec in FOREIGN_RULES:  # the others' rules come back at boot too
+        spaces.run(node, "iptables", "-t", table, "-A", chain, *spec)
+
+    booted = apply(spaces, node, SETUP)
+    assert "created bridge cni0" in booted and "rebuilt iptables chains" in booted
+    restored = (iptables_state(spaces, node), link_state(spaces, node))
+    assert restored[0] == wanted[0]
+    # The new bridge has a new index and MAC address; everything else is as before.
+    assert _without_identity(restored[1]) == _without_identity(wanted[1])
+
+
 def test_teardown_leaves_exactly_what_was_there_before(spaces: Namespaces, node: str) -> None:
     before = (iptables_state(spaces, node), link_state(spaces, node))
     apply(spaces, node, SETUP)
@@ -132,6 +154,11 @@ def test_nat_applies_only_to_traffic_leaving_the_cluster(spaces: Namespaces, nod
 
     assert _source_seen(spaces, pod, remote_pod) == "10.244.1.2"  # not NATed in the cluster
     assert _source_seen(spaces, pod, internet) == node_ip  # NATed on the way out
+
+
+def _without_identity(links: str) -> str:
+    """`ip -d addr` output without interface indexes and MAC addresses."""
+    return re.sub(r"link/ether \S+", "link/ether", re.sub(r"(?m)^\d+: ", "", links))
 
 
 def _veth(spaces: Namespaces, left_ns: str, left: str, right_ns: str, right: str) -> None:
