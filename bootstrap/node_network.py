@@ -243,7 +243,7 @@ for address in $addresses; do
 done
 case " $(echo $addresses) " in
   *" "{wanted}" "*) ;;
-  *) ip addr add {wanted} dev {bridge}; changed "added {address} to {BRIDGE}";;
+  *) ip addr add {wanted} broadcast + dev {bridge}; changed "added {address} to {BRIDGE}";;
 esac
 flags=${{details#*<}}
 case ",${{flags%%>*}}," in

@@ -92,6 +92,7 @@ class ConnectPolicy:
 def load_private_key(text: str) -> paramiko.PKey:
     """An Ed25519 or RSA private key from OpenSSH or PEM text (unencrypted)."""
     data = text.encode()
+    loaded: object
     try:
         try:
             loaded = serialization.load_ssh_private_key(data, password=None)
@@ -220,6 +221,8 @@ class NodeSSH:
         """Run a shell command (bash; via `sudo -n` unless the user is root), streaming its
         combined output line by line; CommandFailed on a non-zero exit unless check=False,
         CommandTimeout when it runs longer than timeout seconds."""
+        if timeout <= 0:
+            raise ValueError(f"command timeout must be positive, not {timeout}")
         log.debug("[%s] $ %s", self.name, command)
         with self._lock:
             transport = self._ensure_connected().get_transport()

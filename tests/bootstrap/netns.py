@@ -103,8 +103,8 @@ def connect_in_netns(namespace: str, host: str, port: int, timeout: float) -> so
     thread = threading.Thread(target=connect, name=f"connect-in-{namespace}")
     thread.start()
     thread.join()
-    if "error" in made:
-        raise made["error"]
-    connected = made["socket"]
-    assert isinstance(connected, socket.socket)
-    return connected
+    outcome = made.get("socket", made.get("error"))
+    if isinstance(outcome, BaseException):
+        raise outcome
+    assert isinstance(outcome, socket.socket)
+    return outcome

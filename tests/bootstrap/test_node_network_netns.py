@@ -84,7 +84,7 @@ def test_setup_applies_everything_and_a_second_run_changes_nothing(
            '"k8s-cni-lab masquerade pod traffic leaving the cluster" -j MASQUERADE' in saved
     assert saved.count("-j LAB-FWD") == 1 and saved.count("-j LAB-POSTRTG") == 1
     assert "-A FORWARD -s 192.0.2.7/32 -j DROP" in saved  # foreign rules kept
-    assert "inet 10.244.1.1/24" in after_first[1]
+    assert "inet 10.244.1.1/24 brd 10.244.1.255 scope global cni0" in after_first[1]
     assert spaces.run(node, "sysctl", "-n", "net.ipv4.ip_forward").stdout.strip() == "1"
     assert spaces.run(node, "sysctl", "-n",
                       "net.bridge.bridge-nf-call-iptables").stdout.strip() == "1"

@@ -149,4 +149,5 @@ def test_invalid_trees_are_refused() -> None:
 
 
 def test_local_workflow_is_wait_ssh_then_cni_then_node_network() -> None:
-    assert Runner(local_workflow(), Recorder).paths() == ["wait-ssh", "cni", "node-network"]
+    never_built = Runner(local_workflow(), lambda: pytest.fail("context built"))
+    assert never_built.paths() == ["wait-ssh", "cni", "node-network"]
