@@ -897,12 +897,19 @@ def release_address(conf: NetConf, args: CallArgs) -> Reservation | None:
 
 
 def cmd_del(conf: NetConf, args: CallArgs) -> None:
-    """Release by (container ID, ifname). Needs no netns: the host veth name is in the store."""
+    """Release by (container ID, ifname). Needs no netns: the host veth name is in the store.
+
+    The veth goes first and outside the lock (its teardown waits ~20 ms for an RCU grace period),
+    so concurrent DELs overlap; the address is freed only once its interface is gone.
+    """
     try:
         with conf.store() as store:
             found = find_reservation(store, args.container_id, args.ifname)
-            if found is not None:
-                delete_host_veth(Netlink(), found.host_veth)  # its peer in the pod goes with it
+        if found is None:
+            return
+        delete_host_veth(Netlink(), found.host_veth)  # its peer in the pod goes with it
+        with conf.store() as store:
+            if store.reserved().get(found.ip) == found:  # not re-reserved by a racing ADD
                 store.release(found.ip)
     except OSError as e:
         raise CniError(ERR_IO, f"cannot update the address store: {e}") from None
