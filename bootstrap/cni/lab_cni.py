@@ -534,7 +534,12 @@ def find_ip_binary() -> str:
 
 def run_in_netns(netns_path: str, ip_options: list[str], batch: str) -> str:
     """Run one `ip -batch -` inside a network namespace; return its stdout."""
-    argv = ["nsenter", f"--net={netns_path}", find_ip_binary(), *ip_options, "-batch", "-"]
+    argv = [find_ip_binary(), *ip_options, "-batch", "-"]
+    directory, name = os.path.split(netns_path)
+    if directory in ("/run/netns", "/var/run/netns") and not name.startswith("-"):
+        argv[1:1] = ["-n", name]  # where runtimes put them: `ip -n` saves an exec
+    else:
+        argv[:0] = ["nsenter", f"--net={netns_path}"]  # any other path, e.g. /proc/PID/ns/net
     stdin_r, stdin_w = os.pipe()
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
@@ -542,7 +547,7 @@ def run_in_netns(netns_path: str, ip_options: list[str], batch: str) -> str:
     actions.append((os.POSIX_SPAWN_DUP2, err_w, 2))
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
     try:
-        pid = os.posix_spawnp("nsenter", argv, env, file_actions=actions)
+        pid = os.posix_spawnp(argv[0], argv, env, file_actions=actions)
     finally:
         for fd in (stdin_r, out_w, err_w):
             os.close(fd)

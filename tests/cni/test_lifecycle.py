@@ -131,3 +131,26 @@ def _loads(text: str) -> dict:
     import json
 
     return json.loads(text)
+
+
+def test_a_netns_outside_run_netns_works_for_every_verb(node: Node) -> None:
+    """Runtimes may pass any path (e.g. a bind mount elsewhere, /proc/PID/ns/net)."""
+    pod = node.add_pod()
+    elsewhere = node.tmp / "netns-elsewhere"
+    elsewhere.touch()
+    sh("mount", "--bind", f"/run/netns/{pod}", str(elsewhere))
+    try:
+        env = node.env("ADD", None, "ctr-elsewhere", "eth0") | {"CNI_NETNS": str(elsewhere)}
+        conf = node.config()
+        added = node.call_raw(env, _dumps(conf))
+        assert added.returncode == 0, added.stdout
+        assert "default via 10.244.1.1" in node.ip("route", pod=pod)
+        checked = node.call_raw(
+            env | {"CNI_COMMAND": "CHECK"}, _dumps(conf | {"prevResult": added.json})
+        )
+        assert checked.returncode == 0, checked.stdout
+        deleted = node.call_raw(env | {"CNI_COMMAND": "DEL"}, _dumps(conf))
+        assert deleted.returncode == 0, deleted.stdout
+        assert node.link_names(pod) == {"lo"}
+    finally:
+        sh("umount", str(elsewhere), check=False)
