@@ -44,6 +44,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     console = Console()
+    if not console.is_terminal:
+        console = Console(width=120)  # logs and CI: room for the checks' table
     if os.geteuid() != 0:
         console.print("[red]The lab needs root[/] (namespaces, iptables): run it with sudo.")
         return 2

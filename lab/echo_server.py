@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import socket
+import socketserver
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -30,9 +31,18 @@ def serve(port: int, name: str) -> None:
         def log_message(self, format: str, *args: object) -> None:
             pass  # one line per probe would only fill the node's log
 
-    ThreadingHTTPServer.allow_reuse_address = True
-    with ThreadingHTTPServer(("0.0.0.0", port), Echo) as server:
+    with QuickServer(("0.0.0.0", port), Echo) as server:
         server.serve_forever()
+
+
+class QuickServer(ThreadingHTTPServer):
+    allow_reuse_address = True
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind resolves its own name (getfqdn): a DNS query that a pod
+        # without a route to a resolver waits ~10 s for. The name is never used here.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = "pod", self.server_address[1]
 
 
 def fetch(host: str, port: int, timeout: float) -> int:

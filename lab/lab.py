@@ -17,6 +17,7 @@ import paramiko
 from rich.console import Console
 
 from bootstrap.inventory import Inventory, NodeAccess
+from bootstrap.phases.local import run_local_workflow
 from bootstrap.ssh import ClusterSSH, ConnectPolicy
 from bootstrap.verify.checks import (
     ECHO_CLIENT,
@@ -133,6 +134,13 @@ class LabProber:
         result = self.lab.ssh.node(source.node).run(command, timeout=PROBE_TIMEOUT, check=False,
                                                     quiet=True)
         return result.exit_code, result.output
+
+
+def bootstrap(lab: LocalLab, *, only: Sequence[str] = (), skip: Sequence[str] = ()) -> None:
+    """The same bootstrap that configures EC2 instances, over the lab's SSH connections."""
+    started = time.monotonic()
+    ran = run_local_workflow(lab.plan, lab.inventory, only=only, skip=skip, ssh=lab.ssh)
+    lab.console.log(f"bootstrap: {', '.join(ran)} in {time.monotonic() - started:.1f} s")
 
 
 # -- building and removing ------------------------------------------------------------------

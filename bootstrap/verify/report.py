@@ -23,9 +23,9 @@ def outcome_table(outcomes: Sequence[Outcome], causes: Mapping[str, str],
         result = f"{verdict} {outcome.observed}"
         if check.name in causes:
             result += f"\n[dim]{causes[check.name]}[/]"
-        table.add_row(check.name, f"{check.source.name} {check.source.ip}",
-                      f"{check.target.name} {check.target.ip}:{check.port}" if check.port
-                      else f"{check.target.name} {check.target.ip}",
+        target = f"{check.target.ip}:{check.port}" if check.port else check.target.ip
+        table.add_row(check.name, f"{check.source.name}\n[dim]{check.source.ip}[/]",
+                      f"{check.target.name}\n[dim]{target}[/]",
                       check.expected, result, f"{outcome.seconds * 1000:.0f} ms")
     return table
 

@@ -1,0 +1,134 @@
+"""The whole local lab, for real: namespaces, sshd, the bootstrap over SSH, our CNI plugin,
+pods and the connectivity checks. Root only; every lab is removed even when a test fails."""
+
+from __future__ import annotations
+
+import io
+import os
+import secrets
+from collections.abc import Iterator
+
+import pytest
+from rich.console import Console
+
+from bootstrap import node_network
+from bootstrap.ssh import NodeSSH
+from lab import lab as local
+from lab import network, nodes, story
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root and network namespaces"),
+]
+
+
+def lab_name() -> str:
+    return "t" + secrets.token_hex(3)
+
+
+def assert_nothing_left(name: str) -> None:
+    assert network.existing_namespaces(name) == []
+    assert not nodes.lab_dir(name).exists()
+    links = network.run(["ip", "-o", "link", "show"])
+    assert f"{name}-" not in links
+
+
+@pytest.fixture(scope="module")
+def running_lab() -> Iterator[local.LocalLab]:
+    name = lab_name()
+    console = Console(file=io.StringIO(), width=200)
+    try:
+        lab = local.build(local.LabOptions(name=name), console)
+        with lab.ssh:
+            local.bootstrap(lab)
+            lab.start_pods()
+            yield lab
+    finally:
+        local.down(name)
+        assert_nothing_left(name)
+
+
+def failures(lab: local.LocalLab) -> dict[str, str]:
+    outcomes, causes = lab.run_checks()
+    return {o.check.name: f"{o.observed}: {causes.get(o.check.name)}"
+            for o in outcomes if not o.passed}
+
+
+def test_every_check_of_the_seed_lab_passes(running_lab):
+    assert failures(running_lab) == {}
+
+
+def test_pods_got_distinct_addresses_from_their_nodes_pod_cidr(running_lab):
+    for pod in running_lab.pods:
+        node = running_lab.plan.node(pod.node)
+        assert pod.ip in {str(host) for host in node.pod_cidr.hosts()} - {str(node.gateway)}
+    assert len({pod.ip for pod in running_lab.pods}) == len(running_lab.pods)
+
+
+def node_state(lab: local.LocalLab, name: str) -> str:
+    return lab.ssh.node(name).run(
+        "iptables-save | grep -v '^#'; ip -o addr show cni0; ip -o link show cni0; "
+        "sysctl net.ipv4.ip_forward",
+        timeout=30, quiet=True).output
+
+
+def test_node_network_applied_again_changes_nothing(running_lab):
+    before = {name: node_state(running_lab, name) for name in running_lab.ssh.names()}
+    local.bootstrap(running_lab, only=("node-network",))
+    for name, state in before.items():
+        assert node_state(running_lab, name).splitlines() == state.splitlines(), name
+
+
+def test_a_reboot_then_the_boot_unit_restores_every_check(running_lab):
+    """A reboot loses pods' namespaces, the bridge, the rules and sysctls; the IPAM store on
+    disk stays. The boot unit's command brings the node network back; the runtime then
+    stops the dead sandboxes (DEL without a netns) and starts the pods again."""
+    workers = [node.name for node in running_lab.plan.workers]
+    down_script = node_network.NODE_FILES.teardown_script
+    for name in workers:
+        running_lab.ssh.node(name).run(
+            f"for pod in $(ip netns list | cut -d' ' -f1); do ip netns pids $pod | xargs -r kill;"
+            f" ip netns del $pod; done; bash {down_script}; sysctl -q -w net.ipv4.ip_forward=0",
+            timeout=60, quiet=True)
+    assert "pod to pod, same node" in failures(running_lab)
+
+    def boot(node: NodeSSH) -> None:
+        node.run(node_network.BOOT_COMMAND, timeout=60, quiet=True)
+        for pod in (p.name for p in running_lab.pods if p.node == node.name):
+            node.run(f"{local.RUNTIME} stop {pod}", timeout=60, quiet=True)
+
+    running_lab.ssh.on_all(boot, workers)
+    running_lab.start_pods()
+    assert failures(running_lab) == {}
+
+
+def test_the_story_turns_each_failure_into_a_pass():
+    name = lab_name()
+    console = Console(file=io.StringIO(), width=200)
+    try:
+        lab = local.build(local.LabOptions(name=name), console, pod_routes=False)
+        with lab.ssh:
+            stages = story.replay(lab)
+    finally:
+        local.down(name)
+    assert_nothing_left(name)
+    failing = [sorted(o.check.name for o in stage.outcomes if not o.passed) for stage in stages]
+    across = ["node to pod", "pod to pod, across nodes", "pod to pod, across nodes (back)"]
+    assert failing == [
+        sorted([*across, "pod to internet", "pod to pod, same node"]),
+        sorted([*across, "pod to internet"]),
+        across,
+        [],
+    ]
+    assert "FORWARD dropped on worker-1" in stages[0].causes["pod to pod, same node"]
+    assert "no NAT on worker-1" in stages[1].causes["pod to internet"]
+    assert "no route" in stages[2].causes["pod to pod, across nodes"]
+
+
+def test_down_is_idempotent_and_removes_a_crashed_lab():
+    name = lab_name()
+    lab = local.build(local.LabOptions(name=name), Console(file=io.StringIO()))
+    lab.ssh.connect_all()  # leaves sshd sessions and relays running, as a crash would
+    assert local.down(name)
+    assert_nothing_left(name)
+    assert local.down(name) == []
