@@ -60,12 +60,18 @@ def make_contenders(state_dir: Path) -> list[Contender]:
             "routes": [{"dst": "0.0.0.0/0"}],
             "dataDir": str(state_dir / name),
         }
-        config = {"cniVersion": "1.0.0", "name": name, "type": "bridge", "bridge": "cni0"}
+        config: dict[str, object] = {"cniVersion": "1.0.0", "name": name, "type": "bridge"}
+        config["bridge"] = "cni0"
         config |= {"isGateway": True, "ipMasq": ip_masq, "hairpinMode": True, "ipam": ipam}
         label = f"reference bridge+host-local, ipMasq {str(ip_masq).lower()}"
         return Contender(label, [str(REFERENCE_DIR / "bridge")], str(REFERENCE_DIR), config)
 
-    ours = {"cniVersion": "1.0.0", "name": "lab", "type": "lab-cni", "subnet": SUBNET}
+    ours: dict[str, object] = {
+        "cniVersion": "1.0.0",
+        "name": "lab",
+        "type": "lab-cni",
+        "subnet": SUBNET,
+    }
     ours |= {"clusterCidr": CLUSTER_CIDR, "dataDir": str(state_dir / "lab")}
     ours["logFile"] = str(state_dir / "lab-cni.log")
     lab = Contender("lab-cni", [SYSTEM_PYTHON, "-IS", str(LAB_CNI)], "/opt/cni/bin", ours)
@@ -161,7 +167,7 @@ def concurrent_adds(contender: Contender, pods: list[str]) -> float:
 
 
 def run_rounds(contenders: list[Contender], created: list[str], tag: str) -> None:
-    pods = {c.label: [] for c in contenders}
+    pods: dict[str, list[str]] = {c.label: [] for c in contenders}
     for i in range(SEQUENTIAL_CALLS):
         for c in contenders:
             pod = add_namespace(created, f"lcnib-{tag}-{c.node[-1]}-s{i}")

@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # typing costs ~9 ms at start-up: only type checkers import i
 
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 LATEST_VERSION = SUPPORTED_VERSIONS[-1]
-DEFAULTS = {
+DEFAULTS: dict[str, Any] = {
     "bridge": "cni0",
     "clusterCidr": "10.244.0.0/16",
     "mtu": 1500,
@@ -86,7 +86,7 @@ def json_loads(text: str) -> Any:
 
     start = len(text) - len(text.lstrip(" \t\r\n"))
     try:
-        value, end = make_scanner(_ScannerContext())(text, start)
+        value, end = make_scanner(_ScannerContext())(text, start)  # type: ignore[arg-type]
     except (StopIteration, SystemError):
         # Bad input only. The accelerator can only describe the error once json.decoder is
         # imported (else SystemError), so let the json module produce the message.
@@ -455,7 +455,7 @@ class Netlink:
         self.seq += 1
         header = pack("=IHHII", 16 + len(body), msg_type, NLM_F_REQUEST | flags, self.seq, 0)
         self.sock.send(header + body)
-        replies = []
+        replies: list[bytes] = []
         while True:
             data, offset = self.sock.recv(1 << 16), 0
             while offset + 16 <= len(data):
@@ -819,7 +819,8 @@ def build_result(
     conf: NetConf, args: CallArgs, ip: int, macs: tuple[bytes, bytes], veth: str
 ) -> dict:
     host_mac, pod_mac = macs
-    address = {"address": f"{format_ipv4(ip)}/{conf.prefix}", "gateway": format_ipv4(conf.gateway)}
+    address: dict[str, object] = {"address": f"{format_ipv4(ip)}/{conf.prefix}"}
+    address["gateway"] = format_ipv4(conf.gateway)
     if version_tuple(conf.version) < (1, 0, 0):
         address["version"] = "4"  # 0.3.x and 0.4.0 tag the family; 1.0.0 dropped the field
     address["interface"] = 1

@@ -10,6 +10,7 @@ import itertools
 import json
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -28,7 +29,7 @@ keys = st.tuples(st.sampled_from("abcdefg"), st.sampled_from(["eth0", "eth1"]))
 operations = st.lists(st.tuples(st.sampled_from(["allocate", "release"]), keys), max_size=60)
 
 
-def run_model(store: object, ops: list[tuple[str, tuple[str, str]]]) -> list[object]:
+def run_model(store: Any, ops: list[tuple[str, tuple[str, str]]]) -> list[object]:
     """Apply operations to a store; check the allocator's invariants after each; return outcomes."""
     pool = lab_cni.Pool(NETWORK, PREFIX, GATEWAY)
     owned: dict[tuple[str, str], int] = {}
@@ -45,7 +46,7 @@ def run_model(store: object, ops: list[tuple[str, tuple[str, str]]]) -> list[obj
     return outcomes
 
 
-def allocate_one(store: object, pool: object, owned: dict, key: tuple[str, str]) -> object:
+def allocate_one(store: Any, pool: Any, owned: dict, key: tuple[str, str]) -> object:
     last = store.last_reserved()
     try:
         ip = lab_cni.allocate(store, pool, *key, "vethx")
@@ -71,7 +72,9 @@ def test_allocator_never_hands_out_an_address_twice_or_a_reserved_one(ops: list)
 
 @settings(max_examples=40, deadline=None)
 @given(operations)
-def test_disk_store_behaves_like_the_memory_store(tmp_path_factory: object, ops: list) -> None:
+def test_disk_store_behaves_like_the_memory_store(
+    tmp_path_factory: pytest.TempPathFactory, ops: list
+) -> None:
     data_dir = Path(tmp_path_factory.mktemp("store"))
     disk = lab_cni.DiskStore(str(data_dir), "net")
     with disk:
