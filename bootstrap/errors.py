@@ -58,7 +58,7 @@ class CommandFailed(LabError):
         self.result = result
         super().__init__(
             f"node {result.node}: command exited with status {result.exit_code}: "
-            f"{result.command}\n{_format_tail(result.output)}")
+            f"{result.command}\n{format_tail(result.output)}")
 
 
 class CommandTimeout(LabError, TimeoutError):
@@ -67,7 +67,7 @@ class CommandTimeout(LabError, TimeoutError):
     def __init__(self, node: str, command: str, timeout: float, output: str) -> None:
         self.node, self.command, self.timeout, self.output = node, command, timeout, output
         super().__init__(f"node {node}: command still running after {timeout:g} s, abandoned: "
-                         f"{command}\n{_format_tail(output)}")
+                         f"{command}\n{format_tail(output)}")
 
 
 class NodesFailed(LabError):
@@ -97,7 +97,8 @@ class PhaseError(LabError):
         super().__init__(f"phase {path}: {cause}")
 
 
-def _format_tail(output: str) -> str:
+def format_tail(output: str) -> str:
+    """The last OUTPUT_TAIL_LINES lines of a command's output, indented for a message."""
     lines = output.rstrip("\n").splitlines()
     if not lines:
         return "(no output)"

@@ -1,5 +1,5 @@
-"""What the local workflow's phases may read (kubeadm's init/data.go), and its one
-implementation. The cloud workflow will declare its own, wider protocol."""
+"""What the workflows' phases may read (kubeadm's init/data.go), and the implementations.
+The cloud context is the local one plus where to write the operator's kubeconfig."""
 
 from __future__ import annotations
 
@@ -30,12 +30,24 @@ class LocalContext(Protocol):
     def plugin_source(self) -> Path: ...
 
 
+class CloudContext(LocalContext, Protocol):
+    """The cloud workflow also writes the operator's kubeconfig."""
+
+    @property
+    def kubeconfig_path(self) -> Path: ...
+
+
 @dataclass(frozen=True)
 class LocalData:
     plan: Plan
     inventory: Inventory
     ssh: ClusterSSH
     plugin_source: Path = PLUGIN_SOURCE
+
+
+@dataclass(frozen=True)
+class CloudData(LocalData):
+    kubeconfig_path: Path = Path("kubeconfig")
 
 
 def check_inventory_matches_plan(plan: Plan, inventory: Inventory) -> None:

@@ -7,15 +7,11 @@ from pathlib import Path
 
 from bootstrap.inventory import Inventory
 from bootstrap.phases.cni import new_cni_phase
-from bootstrap.phases.context import (
-    PLUGIN_SOURCE,
-    LocalContext,
-    LocalData,
-    check_inventory_matches_plan,
-)
+from bootstrap.phases.context import PLUGIN_SOURCE, LocalContext, LocalData
 from bootstrap.phases.node_network import new_node_network_phase
+from bootstrap.phases.session import run_workflow
 from bootstrap.phases.wait_ssh import new_wait_ssh_phase
-from bootstrap.phases.workflow import Phase, Runner
+from bootstrap.phases.workflow import Phase
 from bootstrap.ssh import ClusterSSH
 from infra.plan import Plan
 
@@ -29,17 +25,6 @@ def run_local_workflow(plan: Plan, inventory: Inventory, *, only: Iterable[str] 
                        plugin_source: Path = PLUGIN_SOURCE) -> list[str]:
     """Run the local workflow; returns the phase paths that ran. Pass `ssh` to reuse (and
     keep open) existing connections; otherwise they are opened lazily and closed at the end."""
-    check_inventory_matches_plan(plan, inventory)
-    opened: list[ClusterSSH] = []
-
-    def make_context() -> LocalData:
-        if ssh is not None:
-            return LocalData(plan, inventory, ssh, plugin_source)
-        opened.append(ClusterSSH(inventory))
-        return LocalData(plan, inventory, opened[0], plugin_source)
-
-    try:
-        return Runner(local_workflow(), make_context).run(only=only, skip=skip)
-    finally:
-        for connections in opened:
-            connections.close()
+    return run_workflow(local_workflow(), plan, inventory, only=only, skip=skip, ssh=ssh,
+                        make_data=lambda connections: LocalData(plan, inventory, connections,
+                                                                plugin_source))

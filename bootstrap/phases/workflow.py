@@ -16,7 +16,9 @@ from typing import Generic, TypeVar
 
 from bootstrap.errors import PhaseError, UnknownPhase
 
-ContextT = TypeVar("ContextT")
+# Contravariant: a phase that reads only the local context also serves the cloud workflow.
+ContextT = TypeVar("ContextT", contravariant=True)
+DataT = TypeVar("DataT")  # the Runner builds and holds the context: invariant
 
 log = logging.getLogger("k8s_cni_lab.phases")
 
@@ -54,18 +56,18 @@ def log_step(phase: str, node: str, message: str) -> None:
     log.info("[%s] %s: %s", phase, node, message)
 
 
-class Runner(Generic[ContextT]):
+class Runner(Generic[DataT]):
     """Runs a phase tree over a context built once by `make_context`."""
 
-    def __init__(self, phases: Sequence[Phase[ContextT]],
-                 make_context: Callable[[], ContextT]) -> None:
+    def __init__(self, phases: Sequence[Phase[DataT]],
+                 make_context: Callable[[], DataT]) -> None:
         self._steps = list(_flatten(phases, parent=""))
         paths = [step.path for step in self._steps]
         duplicates = sorted({path for path in paths if paths.count(path) > 1})
         if duplicates:
             raise ValueError(f"phase path(s) defined twice: {', '.join(duplicates)}")
         self._make_context = make_context
-        self._context: ContextT | None = None
+        self._context: DataT | None = None
 
     def paths(self) -> list[str]:
         return [step.path for step in self._steps]
@@ -95,7 +97,7 @@ class Runner(Generic[ContextT]):
                 ran.append(step.path)
         return ran
 
-    def _applies(self, step: _Step[ContextT]) -> bool:
+    def _applies(self, step: _Step[DataT]) -> bool:
         if step.phase.run_if is None:
             return True
         try:
@@ -106,7 +108,7 @@ class Runner(Generic[ContextT]):
             log.info("[%s] skipped: does not apply to this cluster", step.path)
         return applies
 
-    def _run_step(self, step: _Step[ContextT]) -> None:
+    def _run_step(self, step: _Step[DataT]) -> None:
         assert step.phase.run is not None
         context = self._context_once()
         try:
@@ -114,7 +116,7 @@ class Runner(Generic[ContextT]):
         except Exception as error:
             raise PhaseError(step.path, error) from error
 
-    def _context_once(self) -> ContextT:
+    def _context_once(self) -> DataT:
         if self._context is None:
             self._context = self._make_context()
         return self._context
@@ -134,7 +136,7 @@ class Runner(Generic[ContextT]):
         return excluded
 
 
-def _flatten(phases: Sequence[Phase[ContextT]], parent: str) -> Iterator[_Step[ContextT]]:
+def _flatten(phases: Sequence[Phase[DataT]], parent: str) -> Iterator[_Step[DataT]]:
     for phase in phases:
         path = f"{parent}/{phase.name}" if parent else phase.name
         yield _Step(path, phase)

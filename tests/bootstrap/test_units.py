@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
 
 import paramiko
 import pytest
@@ -35,6 +34,7 @@ from bootstrap.ssh import (
     remote_command,
 )
 from infra.plan import Settings, make_plan
+from tests.bootstrap.fakes import FakeNode, Reply
 from tests.bootstrap.sshd import new_ed25519_key
 
 PLAN = make_plan(Settings())
@@ -203,34 +203,20 @@ def test_only_files_that_differ_in_content_or_mode_are_written() -> None:
     assert files_to_write([conflist], [RemoteFile(conflist.path, conflist.sha256, 0o644)]) == []
 
 
-@dataclass
-class FakeNode:
-    """Stands in for NodeSSH in the boot unit step: records commands, answers from a table."""
-
-    name: str = "worker-1"
-    systemd: bool = True
-    enabled: bool = False
-    commands: list[str] = field(default_factory=list)
-
-    def exists(self, path: str) -> bool:
-        assert path == "/run/systemd/system"
-        return self.systemd
-
-    def run(self, command: str, *, timeout: float, check: bool = True,
-            quiet: bool = False) -> RunResult:
-        self.commands.append(command)
-        exit_code = 1 if "is-enabled" in command and not self.enabled else 0
-        return RunResult(self.name, command, exit_code, "")
+def boot_unit_node(*, systemd: bool, enabled: bool) -> FakeNode:
+    return FakeNode("worker-1", files={"/run/systemd/system": (b"", 0o755)} if systemd else {},
+                    replies=[Reply("is-enabled", exit_code=0 if enabled else 1)])
 
 
 @pytest.mark.parametrize(("node", "unit_changed", "commands"), [
-    (FakeNode(systemd=False), True, []),
-    (FakeNode(), True, ["systemctl daemon-reload",
-                        "systemctl is-enabled --quiet lab-node-network.service",
-                        "systemctl enable lab-node-network.service"]),
-    (FakeNode(enabled=True), False, ["systemctl is-enabled --quiet lab-node-network.service"]),
-    (FakeNode(enabled=True), True, ["systemctl daemon-reload",
-                                    "systemctl is-enabled --quiet lab-node-network.service"]),
+    (boot_unit_node(systemd=False, enabled=False), True, []),
+    (boot_unit_node(systemd=True, enabled=False), True, [
+        "systemctl daemon-reload", "systemctl is-enabled --quiet lab-node-network.service",
+        "systemctl enable lab-node-network.service"]),
+    (boot_unit_node(systemd=True, enabled=True), False, [
+        "systemctl is-enabled --quiet lab-node-network.service"]),
+    (boot_unit_node(systemd=True, enabled=True), True, [
+        "systemctl daemon-reload", "systemctl is-enabled --quiet lab-node-network.service"]),
 ])
 def test_boot_unit_is_enabled_only_under_systemd_and_only_once(
         node: FakeNode, unit_changed: bool, commands: list[str],
@@ -238,7 +224,7 @@ def test_boot_unit_is_enabled_only_under_systemd_and_only_once(
     caplog.set_level("INFO", logger="k8s_cni_lab.phases")
     enable_boot_unit(node, unit_changed=unit_changed)  # type: ignore[arg-type]
     assert node.commands == commands
-    if not node.systemd:
+    if not node.files:
         assert caplog.records[0].getMessage() == (
             "[node-network] worker-1: no-op: lab-node-network.service is installed for boot, "
             "but no systemd runs here to enable it")

@@ -1,0 +1,20 @@
+"""ready: wait until every node reports Ready (it needs the CNI config installed earlier)."""
+
+from __future__ import annotations
+
+from bootstrap.kubeadm import KUBECTL
+from bootstrap.phases.context import CloudContext
+from bootstrap.phases.workflow import Phase
+
+NAME = "ready"
+READY_TIMEOUT = 300
+
+
+def new_ready_phase() -> Phase[CloudContext]:
+    return Phase(NAME, "Wait until every node is Ready", run=run_ready)
+
+
+def run_ready(context: CloudContext) -> None:
+    control_plane = context.ssh.node(context.plan.control_plane.name)
+    control_plane.run(f"{KUBECTL} wait --for=condition=Ready node --all "
+                      f"--timeout={READY_TIMEOUT}s", timeout=READY_TIMEOUT + 30)
