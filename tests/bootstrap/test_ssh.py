@@ -170,7 +170,7 @@ def test_parallel_runs_use_one_connection_per_node(sshd: TestSSHServer) -> None:
         ports = nodes.on_all(lambda node: node.run("echo $SSH_CONNECTION", timeout=10).output)
     assert list(results) == list(names)
     assert [r.output for r in results.values()] == [f"{name}\n" for name in names]
-    assert elapsed < 2.5, f"4 one-second commands took {elapsed:.1f} s: not parallel"
+    assert elapsed < 3.5, f"4 one-second commands took {elapsed:.1f} s: not parallel"
     assert len(set(ports.values())) == len(names)
 
 
