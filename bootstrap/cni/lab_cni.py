@@ -275,6 +275,14 @@ class MemoryStore:
 # --------------------------------------------------------------------------- disk store
 
 
+class LockTimeout(Exception):
+    pass
+
+
+def raise_lock_timeout(signum: int, frame: object) -> None:
+    raise LockTimeout
+
+
 class DiskStore:
     """host-local's layout: <dataDir>/<network>/<ip> holds "<container id>\\n<ifname>\\n<veth>"."""
 
@@ -293,22 +301,27 @@ class DiskStore:
         self.lock_fd = -1
 
     def lock(self, timeout: float) -> None:
+        """flock the store; block (no polling, so waiters wake at once) up to `timeout` s."""
         import fcntl
-        import time
+        from _signal import ITIMER_REAL, SIGALRM, setitimer, signal  # `signal` imports enum
 
         os.makedirs(self.dir, mode=0o755, exist_ok=True)
         self.lock_fd = os.open(os.path.join(self.dir, "lock"), os.O_RDWR | os.O_CREAT, 0o644)
-        deadline, pause = time.monotonic() + timeout, 0.0005
-        while True:
-            try:
-                fcntl.flock(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    os.close(self.lock_fd)
-                    raise CniError(ERR_TRY_AGAIN, f"timed out locking {self.dir}") from None
-                time.sleep(pause)
-                pause = min(pause * 2, 0.02)
+        try:
+            fcntl.flock(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return  # uncontended: no timer needed
+        except BlockingIOError:
+            pass
+        previous = signal(SIGALRM, raise_lock_timeout)
+        setitimer(ITIMER_REAL, timeout)
+        try:
+            fcntl.flock(self.lock_fd, fcntl.LOCK_EX)
+        except LockTimeout:
+            os.close(self.lock_fd)
+            raise CniError(ERR_TRY_AGAIN, f"timed out locking {self.dir}") from None
+        finally:
+            setitimer(ITIMER_REAL, 0)
+            signal(SIGALRM, previous)
 
     def reserved(self) -> dict[int, Reservation]:
         found = {}
