@@ -185,13 +185,13 @@ def kill_processes(pids: set[int], grace: float = 2.0) -> None:
                 os.kill(pid, sig)
         deadline = time.monotonic() + grace
         while pids and time.monotonic() < deadline:
-            pids = {pid for pid in pids if Path(f"/proc/{pid}").exists() and not _zombie(pid)}
+            pids = {pid for pid in pids if Path(f"/proc/{pid}").exists() and not is_zombie(pid)}
             time.sleep(0.02)
         if not pids:
             return
 
 
-def _zombie(pid: int) -> bool:
+def is_zombie(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z")
     except (OSError, IndexError):

@@ -6,7 +6,10 @@ from __future__ import annotations
 import io
 import os
 import secrets
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from rich.console import Console
@@ -26,7 +29,15 @@ def lab_name() -> str:
     return "t" + secrets.token_hex(3)
 
 
-def assert_nothing_left(name: str) -> None:
+def lab_pids(name: str) -> set[int]:
+    """The lab's processes: its sshds and everything in their namespaces."""
+    return network.namespace_pids(network.existing_namespaces(name))
+
+
+def assert_nothing_left(name: str, pids: set[int]) -> None:
+    assert pids, "the lab had processes to remove"
+    assert not [pid for pid in pids if os.path.exists(f"/proc/{pid}") and not
+                network.is_zombie(pid)], "processes of the lab survived"
     assert network.existing_namespaces(name) == []
     assert not nodes.lab_dir(name).exists()
     links = network.run(["ip", "-o", "link", "show"])
@@ -37,15 +48,17 @@ def assert_nothing_left(name: str) -> None:
 def running_lab() -> Iterator[local.LocalLab]:
     name = lab_name()
     console = Console(file=io.StringIO(), width=200)
+    pids: set[int] = set()
     try:
         lab = local.build(local.LabOptions(name=name), console)
         with lab.ssh:
             local.bootstrap(lab)
             lab.start_pods()
+            pids = lab_pids(name)
             yield lab
     finally:
         local.down(name)
-        assert_nothing_left(name)
+    assert_nothing_left(name, pids)
 
 
 def failures(lab: local.LocalLab) -> dict[str, str]:
@@ -109,9 +122,10 @@ def test_the_story_turns_each_failure_into_a_pass():
         lab = local.build(local.LabOptions(name=name), console, pod_routes=False)
         with lab.ssh:
             stages = story.replay(lab)
+            pids = lab_pids(name)
     finally:
         local.down(name)
-    assert_nothing_left(name)
+    assert_nothing_left(name, pids)
     failing = [sorted(o.check.name for o in stage.outcomes if not o.passed) for stage in stages]
     across = ["node to pod", "pod to pod, across nodes", "pod to pod, across nodes (back)"]
     assert failing == [
@@ -125,10 +139,27 @@ def test_the_story_turns_each_failure_into_a_pass():
     assert "no route" in stages[2].causes["pod to pod, across nodes"]
 
 
-def test_down_is_idempotent_and_removes_a_crashed_lab():
+def lab_cli(name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "lab", "--name", name, *args],
+                          capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_the_cli_keeps_a_lab_that_another_process_removes_idempotently():
+    """`up --keep` exits leaving the lab running, as a crashed run would; `down`, in a new
+    process with no memory of it, removes every process, namespace and file."""
     name = lab_name()
-    lab = local.build(local.LabOptions(name=name), Console(file=io.StringIO()))
-    lab.ssh.connect_all()  # leaves sshd sessions and relays running, as a crash would
-    assert local.down(name)
-    assert_nothing_left(name)
-    assert local.down(name) == []
+    try:
+        kept = lab_cli(name, "up", "--keep")
+        assert kept.returncode == 0, kept.stdout + kept.stderr
+        assert "pod to internet" in kept.stdout and "FAIL" not in kept.stdout
+        assert f"--name {name} enter worker-1" in kept.stdout
+        pids = lab_pids(name)
+        workloads = [pid for pid in pids
+                     if b"echo_server.py" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        assert len(workloads) == 5  # two pods on each worker, and the internet host
+    finally:
+        removed = lab_cli(name, "down")
+    assert removed.returncode == 0 and f"{name}-router" in removed.stdout
+    assert_nothing_left(name, pids)
+    again = lab_cli(name, "down")
+    assert again.returncode == 0 and "nothing to remove" in again.stdout

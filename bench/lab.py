@@ -1,0 +1,66 @@
+"""Benchmark of the local lab: wall time of up, checks and down with 3 nodes, and of the
+bootstrap with 3 and with 12 nodes (target: 12 nodes in no more than twice the time of 3).
+
+Every run builds and removes its own lab (namespace prefix "blab"), as root.
+"""
+
+from __future__ import annotations
+
+import io
+import statistics
+import time
+from collections.abc import Callable
+
+from rich.console import Console
+from rich.table import Table
+
+from lab import lab as local
+
+RUNS = 3
+LAB = "blab"
+
+
+def timed(action: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    action()
+    return time.perf_counter() - start
+
+
+def one_lab(node_count: int) -> dict[str, float]:
+    """Seconds per stage of one full lab life."""
+    quiet = Console(file=io.StringIO())
+    times: dict[str, float] = {}
+    start = time.perf_counter()
+    running = local.build(local.LabOptions(name=LAB, node_count=node_count), quiet)
+    times["build"] = time.perf_counter() - start
+    try:
+        with running.ssh:
+            times["bootstrap"] = timed(lambda: local.bootstrap(running))
+            times["pods"] = timed(running.start_pods)
+            times["checks"] = timed(running.run_checks)
+    finally:
+        times["down"] = timed(lambda: local.down(LAB))
+    times["total"] = sum(times.values())
+    return times
+
+
+def medians(node_count: int) -> dict[str, float]:
+    runs = [one_lab(node_count) for _ in range(RUNS)]
+    return {stage: statistics.median(run[stage] for run in runs) for stage in runs[0]}
+
+
+def main() -> None:
+    console = Console()
+    local.down(LAB)  # a previous interrupted run
+    small, large = medians(3), medians(12)
+    table = Table(title=f"Local lab, wall time in seconds (median of {RUNS} runs)",
+                  title_justify="left")
+    for column in ("stage", "3 nodes", "12 nodes", "12 / 3"):
+        table.add_column(column, justify="left" if column == "stage" else "right")
+    for stage in small:
+        table.add_row(stage, f"{small[stage]:.2f}", f"{large[stage]:.2f}",
+                      f"{large[stage] / small[stage]:.2f}x")
+    console.print(table)
+    ratio = large["bootstrap"] / small["bootstrap"]
+    verdict = "meets" if ratio <= 2.0 else "misses"
+    console.print(f"bootstrap 12 nodes / 3 nodes = {ratio:.2f}x ({verdict} the 2.0x target)")
