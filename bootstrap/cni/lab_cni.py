@@ -434,7 +434,7 @@ def ifinfomsg(index: int = 0, flags: int = 0, change: int = 0, family: int = 0) 
 class Link:
     """What the plugin reads back about a link."""
 
-    __slots__ = ("index", "kind", "mac", "master", "name", "up")
+    __slots__ = ("index", "kind", "master", "name", "up")
 
     def __init__(self, payload: bytes) -> None:
         from _struct import unpack_from
@@ -445,7 +445,6 @@ class Link:
         self.name = attrs.get(IFLA_IFNAME, b"").rstrip(b"\0").decode()
         self.kind = info.get(IFLA_INFO_KIND, b"").rstrip(b"\0").decode()
         self.master = unpack_from("=I", attrs[IFLA_MASTER])[0] if IFLA_MASTER in attrs else 0
-        self.mac = ":".join(f"{b:02x}" for b in attrs.get(IFLA_ADDRESS, b""))
         self.up = bool(flags & IFF_UP)
 
 
@@ -1103,26 +1102,14 @@ def write_log(log_file: str, line: str) -> None:
         os.write(2, f"lab-cni: cannot write log {log_file}: {e}\n".encode())
 
 
-def log_call(env: dict[str, str], conf: NetConf | None, outcome: str, started: float) -> None:
+def log_call(env: dict[str, str], log_file: str, outcome: str, started: float) -> None:
     import time
 
-    if conf is None and env.get("CNI_COMMAND") == "VERSION":
-        return  # runtimes probe VERSION constantly; it changes nothing
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     elapsed_ms = (time.perf_counter() - started) * 1000
     command, container = env.get("CNI_COMMAND", "-")[:16], env.get("CNI_CONTAINERID", "-")[:80]
     line = f"{stamp} {command} {container} {env.get('CNI_IFNAME', '-')[:16]!r} {outcome}"
-    log_path = conf.log_file if conf else DEFAULTS["logFile"]
-    write_log(log_path, f"{line} {elapsed_ms:.1f}ms\n")
-
-
-def error_version(stdin: str) -> str:
-    """Errors carry the caller's version when it is one we speak."""
-    marker = stdin.find('"cniVersion"')
-    for version in SUPPORTED_VERSIONS:
-        if marker >= 0 and f'"{version}"' in stdin[marker : marker + 40]:
-            return version
-    return LATEST_VERSION
+    write_log(log_file, f"{line} {elapsed_ms:.1f}ms\n")
 
 
 def main() -> int:
@@ -1130,38 +1117,43 @@ def main() -> int:
 
     started, env = time.perf_counter(), dict(os.environ)
     stdin = sys.stdin.read()
-    conf = None
     try:
         result, conf = run(env, stdin)
-        outcome, code = "ok", 0
-    except CniError as e:
-        result, outcome, code = error_json(e, stdin), f"error {e.code}: {e.msg}", 1
-    except Exception as e:  # an unexpected failure must still answer in the spec's format
-        err = CniError(ERR_INTERNAL, f"internal error: {type(e).__name__}: {e}")
-        result, outcome, code = error_json(err, stdin), f"error {err.code}: {err.msg}", 1
+        log_file, outcome, code = conf.log_file if conf else None, "ok", 0
+    except Exception as e:  # every failure, even a bug, answers in the spec's format
+        error = e if isinstance(e, CniError) else internal_error(e)
+        hint = config_hint(stdin)
+        result, code = error_json(error, hint), 1
+        log_file, outcome = hint_log_file(hint), f"error {error.code}: {error.msg}"
     if result is not None:
         os.write(1, json_dumps(result).encode() + b"\n")
-    log_call(env, conf or salvage_log_target(stdin), outcome, started)
+    if env.get("CNI_COMMAND") != "VERSION":  # runtimes probe VERSION often; it changes nothing
+        log_call(env, log_file or DEFAULTS["logFile"], outcome, started)
     return code
 
 
-def salvage_log_target(stdin: str) -> NetConf | None:
-    """A rejected config still logs to its own logFile when that much can be read."""
+def internal_error(e: Exception) -> CniError:
+    return CniError(ERR_INTERNAL, f"internal error: {type(e).__name__}: {e}")
+
+
+def config_hint(stdin: str) -> dict[str, Any]:
+    """What a rejected config still tells us (its version, its log file), or nothing."""
     try:
         raw = json_loads(stdin)
-        path = raw.get("logFile") if isinstance(raw, dict) else None
     except ValueError:
-        return None
-    if not isinstance(path, str) or not path.startswith("/"):
-        return None
-    stub = NetConf.__new__(NetConf)
-    stub.log_file = path
-    return stub
+        return {}
+    return raw if isinstance(raw, dict) else {}
 
 
-def error_json(error: CniError, stdin: str) -> dict:
+def hint_log_file(hint: dict[str, Any]) -> str | None:
+    path = hint.get("logFile")
+    return path if isinstance(path, str) and path.startswith("/") else None
+
+
+def error_json(error: CniError, hint: dict[str, Any]) -> dict:
+    version = hint.get("cniVersion")
     return {
-        "cniVersion": error_version(stdin),
+        "cniVersion": version if version in SUPPORTED_VERSIONS else LATEST_VERSION,
         "code": error.code,
         "msg": error.msg,
         "details": error.details,

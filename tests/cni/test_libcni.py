@@ -19,6 +19,8 @@ import pytest
 
 from tests.cni.conftest import PLUGIN, Node
 
+pytestmark = pytest.mark.root  # namespaces, veths and bridges: skipped unless root
+
 DRIVER_SOURCE = Path(__file__).with_name("libcni_driver")
 GOPATH = Path("/usr/share/gocode")
 LIBCNI = GOPATH / "src/github.com/containernetworking/cni/libcni"

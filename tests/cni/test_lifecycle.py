@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.cni.conftest import Node, sh
+
+pytestmark = pytest.mark.root  # namespaces, veths and bridges: skipped unless root
 
 CONCURRENT = 64
 

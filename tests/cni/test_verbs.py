@@ -6,6 +6,8 @@ import pytest
 
 from tests.cni.conftest import GATEWAY, Node
 
+pytestmark = pytest.mark.root  # namespaces, veths and bridges: skipped unless root
+
 VERSIONS = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
 
 
@@ -156,6 +158,14 @@ def test_log_has_one_line_per_call_and_no_config(node: Node) -> None:
     assert [line.split()[1:3] for line in lines] == [["ADD", f"ctr-{pod}"], ["DEL", f"ctr-{pod}"]]
     assert all(" ok " in line and line.endswith("ms") for line in lines)
     assert "do-not-log-me" not in node.log_file.read_text()
+
+
+def test_a_rejected_call_is_logged_with_its_code(node: Node) -> None:
+    node.call("ADD", node.config(subnet="10.244.1.0/8"), node.add_pod(), container_id="bad")
+
+    [line] = node.log_file.read_text().splitlines()
+
+    assert line.split()[1:3] == ["ADD", "bad"] and " error 7: invalid network" in line
 
 
 def test_log_is_size_bounded(node: Node) -> None:
