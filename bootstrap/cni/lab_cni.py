@@ -164,12 +164,10 @@ class Reservation:
     __slots__ = ("container_id", "host_veth", "ifname", "ip")
 
     def __init__(self, ip: int, container_id: str, ifname: str, host_veth: str) -> None:
-        self.ip, self.container_id, self.ifname, self.host_veth = (
-            ip,
-            container_id,
-            ifname,
-            host_veth,
-        )
+        self.ip = ip
+        self.container_id = container_id
+        self.ifname = ifname
+        self.host_veth = host_veth  # recorded so DEL can remove the pair without the pod netns
 
     def key(self) -> tuple[str, str]:
         return (self.container_id, self.ifname)
@@ -191,11 +189,9 @@ class Pool:
     """The assignable addresses of a subnet: all hosts except the gateway."""
 
     def __init__(self, network: int, prefix: int, gateway: int) -> None:
-        self.first, self.last, self.gateway = (
-            network + 1,
-            calc_broadcast(network, prefix) - 1,
-            gateway,
-        )
+        self.first = network + 1
+        self.last = calc_broadcast(network, prefix) - 1
+        self.gateway = gateway
 
     def __contains__(self, ip: int) -> bool:
         return self.first <= ip <= self.last and ip != self.gateway
@@ -223,13 +219,18 @@ class DuplicateAttachment(Exception):
 
 
 def find_reservation(store: Store, container_id: str, ifname: str) -> Reservation | None:
-    return next((r for r in store.reserved().values() if r.key() == (container_id, ifname)), None)
+    return owned_by(store.reserved(), container_id, ifname)
+
+
+def owned_by(taken: dict[int, Reservation], container_id: str, ifname: str) -> Reservation | None:
+    """Exact match on both parts of the key: never a prefix, never the address alone."""
+    return next((r for r in taken.values() if r.key() == (container_id, ifname)), None)
 
 
 def allocate(store: Store, pool: Pool, container_id: str, ifname: str, host_veth: str) -> int:
     """Reserve the next free address after the last one handed out. Caller holds the lock."""
     taken = store.reserved()
-    if any(r.key() == (container_id, ifname) for r in taken.values()):
+    if owned_by(taken, container_id, ifname) is not None:
         raise DuplicateAttachment(f"{container_id}/{ifname} already has an address")
     for ip in pool.candidates(store.last_reserved()):
         if ip not in taken and store.reserve(Reservation(ip, container_id, ifname, host_veth)):
