@@ -208,9 +208,11 @@ def render_teardown_script(plan: Plan, node: Node) -> str:
 def _setup_sysctls() -> str:
     return """\
 # Set at run time, never in /etc/sysctl.d: local lab nodes share the host's /etc, and the
-# boot unit re-applies them anyway.
+# boot unit re-applies them anyway. Read and written through /proc/sys: no process each.
 ensure_sysctl() {
-  if [ "$(sysctl -n "$1")" != "$2" ]; then sysctl -q -w "$1=$2"; changed "set $1=$2"; fi
+  local path=/proc/sys/${1//.//} current
+  read -r current < "$path"
+  if [ "$current" != "$2" ]; then echo "$2" > "$path"; changed "set $1=$2"; fi
 }
 # The bridge sysctls exist once br_netfilter is loaded, or when it is built into the kernel.
 if [ ! -e /proc/sys/net/bridge/bridge-nf-call-iptables ]; then
@@ -222,66 +224,71 @@ ensure_sysctl net.bridge.bridge-nf-call-iptables 1
 
 
 def _setup_bridge(address: str) -> str:
-    # Outputs are read into variables, not piped into `grep -q`: under pipefail an early
-    # grep exit can fail the pipeline (SIGPIPE) and be mistaken for "not found".
+    # The link's kind and flags come from sysfs; only the addresses need `ip`. The script
+    # runs at every boot and every bootstrap, on every node: each process avoided counts.
     bridge, wanted = shlex.quote(BRIDGE), shlex.quote(address)
+    sysfs = f"/sys/class/net/{BRIDGE}"
     return f"""\
 # The {BRIDGE} bridge, up, holding the pod gateway address and no other IPv4 address.
-if ! ip link show dev {bridge} >/dev/null 2>&1; then
+if [ ! -e {sysfs} ]; then
   ip link add name {bridge} type bridge; changed "created bridge {BRIDGE}"
 fi
-details=$(ip -d -o link show dev {bridge})
-case "$details" in
-  *" bridge "*) ;;
-  *) echo "node-network: {BRIDGE} exists but is not a bridge; remove it and re-run" >&2; exit 1;;
-esac
-addresses=$(ip -4 -o addr show dev {bridge} | awk '{{print $4}}')
-for address in $addresses; do
-  if [ "$address" != {wanted} ]; then
-    ip addr del "$address" dev {bridge}; changed "removed $address from {BRIDGE}"
-  fi
-done
-case " $(echo $addresses) " in
-  *" "{wanted}" "*) ;;
-  *) ip addr add {wanted} broadcast + dev {bridge}; changed "added {address} to {BRIDGE}";;
-esac
-flags=${{details#*<}}
-case ",${{flags%%>*}}," in
-  *,UP,*) ;;
-  *) ip link set dev {bridge} up; changed "set {BRIDGE} up";;
-esac
+if [ ! -d {sysfs}/bridge ]; then
+  echo "node-network: {BRIDGE} exists but is not a bridge; remove it and re-run" >&2; exit 1
+fi
+has_gateway=no
+while read -r _ _ _ address _; do  # "5: cni0    inet 10.244.1.1/24 brd ..."
+  if [ -z "$address" ]; then continue; fi
+  if [ "$address" = {wanted} ]; then has_gateway=yes; continue; fi
+  ip addr del "$address" dev {bridge}; changed "removed $address from {BRIDGE}"
+done <<< "$(ip -4 -o addr show dev {bridge})"
+if [ "$has_gateway" = no ]; then
+  ip addr add {wanted} broadcast + dev {bridge}; changed "added {address} to {BRIDGE}"
+fi
+read -r flags < {sysfs}/flags
+if (( (flags & 1) == 0 )); then  # IFF_UP
+  ip link set dev {bridge} up; changed "set {BRIDGE} up"
+fi
 """
 
 
 def _setup_iptables(plan: Plan, node: Node) -> str:
-    """Check every rule; if anything differs, rebuild our chains in one iptables-restore
-    transaction. --noflush keeps everyone else's rules; declaring our chains flushes them."""
+    """Read both tables once (iptables-save) and compare our chains and jumps line by line;
+    if anything differs, rebuild our chains in one iptables-restore transaction. --noflush
+    keeps everyone else's rules; declaring our chains flushes only them."""
     chain_rules, jumps = rules(plan, node), jump_rules()
-    checks = [f"{rule.command('-C')}" for rule in [*chain_rules, *jumps]]
-    checks += [f'[ "$(iptables -w -t {chain.table} -S {chain.name} | grep -c "^-A ")" '
-               f"= {sum(rule.chain == chain.name for rule in chain_rules)} ]"
-               for chain in OWN_CHAINS]
+    q = shlex.quote
+    arms = [f'    {q(f"-A {chain.name} ")}*) chain{i}+="$line;";;'
+            for i, chain in enumerate(OWN_CHAINS)]
+    arms += [f'    {q(jump.restore_line("-A"))}) jump{i}=1;;' for i, jump in enumerate(jumps)]
+    expected = [q("".join(f"{r.restore_line('-A')};" for r in chain_rules if r.chain == c.name))
+                for c in OWN_CHAINS]
+    in_place = [f'[ "$chain{i}" = {want} ]' for i, want in enumerate(expected)]
+    in_place += [f'[ "$jump{i}" = 1 ]' for i in range(len(jumps))]
     restore: list[str] = []
     for table in dict.fromkeys(chain.table for chain in OWN_CHAINS):
-        restore.append(f"echo {shlex.quote('*' + table)}")
-        restore += [f"echo {shlex.quote(f':{c.name} - [0:0]')}"
-                    for c in OWN_CHAINS if c.table == table]
-        restore += [f"echo {shlex.quote(r.restore_line('-A'))}"
-                    for r in chain_rules if r.table == table]
+        restore.append(f"echo {q('*' + table)}")
+        restore += [f"echo {q(f':{c.name} - [0:0]')}" for c in OWN_CHAINS if c.table == table]
+        restore += [f"echo {q(r.restore_line('-A'))}" for r in chain_rules if r.table == table]
         # Insert the jump first in the built-in chain, unless it is there already.
-        restore += [f"{j.command('-C')} 2>/dev/null || echo {shlex.quote(j.restore_line('-I'))}"
-                    for j in jumps if j.table == table]
+        restore += [f'[ "$jump{i}" = 1 ] || echo {q(j.restore_line("-I"))}'
+                    for i, j in enumerate(jumps) if j.table == table]
         restore.append("echo COMMIT")
     chain_names = " and ".join(chain.name for chain in OWN_CHAINS)
+    variables = " ".join([*(f"chain{i}=" for i in range(len(OWN_CHAINS))),
+                          *(f"jump{i}=0" for i in range(len(jumps)))])
     return "\n".join([
         f"# iptables: our chains {chain_names}, entered by one jump each.",
-        "rules_in_place() {",
-        *(f"  {check} || return 1" for check in checks),
-        "}",
+        variables,
+        "while IFS= read -r line; do",
+        '  case "$line" in',
+        *arms,
+        "  esac",
+        'done <<< "$(iptables-save)"',
         "rebuild_rules() {",
         *(f"  {line}" for line in restore),
         "}",
-        "if ! rules_in_place 2>/dev/null; then",
+        f"if ! {{ {' && '.join(in_place)}; }}; then",
         "  rebuild_rules | iptables-restore -w --noflush",
         f'  changed "rebuilt iptables chains {chain_names}"',
         "fi",

@@ -32,9 +32,9 @@ from bootstrap.verify.diagnose import FACTS_COMMAND, NodeFacts, likely_cause, pa
 from infra.plan import Plan, Settings, make_plan
 from lab import network, nodes
 from lab.layout import ECHO_PORT, INTERNET_ECHO_PORT, INTERNET_HOST, Layout, make_layout
+from lab.netns_socket import connect_in_namespace
 
 RUNTIME = f"/usr/bin/python3 -IS {nodes.IMAGE_DIR}/pod_runtime.py"
-RELAY = Path(__file__).with_name("relay.py")
 ECHO_SERVER = Path(__file__).with_name("echo_server.py")
 PROBE_TIMEOUT = 15
 
@@ -145,16 +145,16 @@ def bootstrap(lab: LocalLab, *, only: Sequence[str] = (), skip: Sequence[str] = 
 
 # -- building and removing ------------------------------------------------------------------
 
-def proxied_client_factory(layout: Layout) -> Callable[[], paramiko.SSHClient]:
-    """SSH clients whose TCP connection starts on the simulated internet (lab/relay.py)."""
-    class ThroughInternet(paramiko.SSHClient):
+def internet_client_factory(layout: Layout) -> Callable[[], paramiko.SSHClient]:
+    """SSH clients whose TCP connections start on the simulated internet, like an operator's
+    on AWS: through the gateway to the nodes' public addresses."""
+    class FromTheInternet(paramiko.SSHClient):
         def connect(self, hostname: str, port: int = 22, **kwargs) -> None:  # type: ignore[override]
-            kwargs["sock"] = paramiko.ProxyCommand(shlex.join([
-                "ip", "netns", "exec", layout.internet_ns, "/usr/bin/python3", "-IS",
-                str(RELAY), hostname, str(port)]))
+            kwargs["sock"] = connect_in_namespace(layout.internet_ns, hostname, port,
+                                                  kwargs.get("timeout"))
             super().connect(hostname, port, **kwargs)
 
-    return ThroughInternet
+    return FromTheInternet
 
 
 def build(options: LabOptions, console: Console, *, pod_routes: bool = True) -> LocalLab:
@@ -190,8 +190,10 @@ def _build(layout: Layout, options: LabOptions, console: Console,
                                pod_cidr=str(node.pod_cidr))
                     for node in layout.nodes),
         private_key=client_key.private_openssh, cluster_cidr=str(layout.plan.pod_network))
-    ssh = ClusterSSH(inventory, policy=ConnectPolicy(deadline=options.connect_deadline),
-                     client_factory=proxied_client_factory(layout), on_line=None)
+    # Local sshds start in milliseconds: poll them faster than EC2 instances.
+    policy = ConnectPolicy(deadline=options.connect_deadline, first_delay=0.05, max_delay=1.0)
+    ssh = ClusterSSH(inventory, policy=policy, client_factory=internet_client_factory(layout),
+                     on_line=None)
     console.log(f"lab {layout.lab}: {len(layout.nodes)} nodes, router, gateway and internet "
                 f"host up in {time.monotonic() - started:.1f} s")
     return LocalLab(layout, inventory, ssh, console)

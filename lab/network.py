@@ -1,7 +1,8 @@
 """Build and remove the simulated VPC: namespaces, links, the router's route table, the IGW.
 
 Everything the lab creates lives in namespaces named `<lab>-*`; the host namespace is not
-touched (the operator reaches the nodes from the internet namespace, see lab/relay.py).
+touched (the operator reaches the nodes from the internet namespace, see
+lab/netns_socket.py).
 """
 
 from __future__ import annotations

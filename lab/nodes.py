@@ -1,7 +1,7 @@
 """Simulated EC2 instances: a node namespace with its own disk view and a real OpenSSH server.
 
-Each node's processes run in a private mount namespace where /etc, /opt, /var/lib and
-/var/log are overlays on the host's (writes land in the node's own directory, never on the
+Each node's processes run in a private mount namespace where /etc, /opt, /var/lib,
+/var/log and /root are overlays on the host's (writes land in the node's own directory, never on the
 host) and /run is a fresh tmpfs. That is the node's "disk": the bootstrap writes its files
 there over SSH exactly as on an EC2 instance.
 """
@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from lab.layout import LabNode, Layout
 
 STATE_ROOT = Path("/run/k8s-cni-lab")
-OVERLAID = ("/etc", "/opt", "/var/lib", "/var/log")
+OVERLAID = ("/etc", "/opt", "/var/lib", "/var/log", "/root")
 IMAGE_DIR = "/opt/k8s-cni-lab"  # the node "image": runtime stand-in and pod workload
 IMAGE_FILES = ("pod_runtime.py", "echo_server.py")
 SSHD_DIR = "/etc/ssh-lab"
@@ -83,6 +83,11 @@ def prepare_disk(layout: Layout, node: LabNode, client_public_key: str) -> str:
     key_file.chmod(0o600)
     (sshd / "authorized_keys").write_text(client_public_key + "\n")
     (sshd / "sshd_config").write_text(SSHD_CONFIG)
+    # A node's root has its own home: sshd's bash reads ~/.bashrc even for commands, and
+    # the host's may be slow (pyenv) or print things. An image's default is empty.
+    home = upper_dir(layout.lab, node.name, "/root")
+    for dotfile in (".bashrc", ".profile"):
+        (home / dotfile).write_text("# k8s-cni-lab node image: intentionally empty\n")
     image = upper_dir(layout.lab, node.name, "/opt") / Path(IMAGE_DIR).name
     image.mkdir()
     for name in IMAGE_FILES:

@@ -80,7 +80,7 @@ def test_pods_got_distinct_addresses_from_their_nodes_pod_cidr(running_lab):
 
 def node_state(lab: local.LocalLab, name: str) -> str:
     return lab.ssh.node(name).run(
-        "iptables-save | grep -v '^#'; ip -o addr show cni0; ip -o link show cni0; "
+        "iptables-save | grep -v '^#'; ip -4 -o addr show cni0; ip -o link show cni0; "
         "sysctl net.ipv4.ip_forward",
         timeout=30, quiet=True).output
 
