@@ -1,5 +1,5 @@
-# The two commands in the README: `make lab` (the main job) and `make test`.
-# Each does its own setup on a fresh Debian or Ubuntu machine, as root.
+# The README's two commands: `make lab` (the main job) and `make test`. Each does its own
+# setup on a fresh Debian or Ubuntu machine, as root (scripts/install-deps).
 PY := .venv/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
@@ -15,9 +15,8 @@ down: setup
 
 lint: setup
 	$(PY) -m ruff check .
-	$(PY) -m ruff format --check --diff . || true
 
-test: setup lint
+test: lint
 	$(PY) -m pytest
 
 bench: setup

@@ -42,6 +42,9 @@ T = TypeVar("T")
 LineSink = Callable[[str, str], None]
 
 log = logging.getLogger("k8s_cni_lab.ssh")
+# paramiko logs every failed attempt from its transport thread; the retry loop below
+# reports what matters. A handler keeps logging's last-resort printer off those records.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 DEFAULT_MAX_WORKERS = 16
 # Exit codes of coreutils' timeout(1) when it had to stop the command (TERM, then KILL).

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
@@ -41,14 +42,26 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def show_progress(console: Console) -> None:
+    """The bootstrap's phase lines ("[cni] worker-1: installed ..."), as kubeadm prints."""
+    from rich.logging import RichHandler
+
+    handler = RichHandler(console=console, show_path=False, show_level=False,
+                          log_time_format="[%X]")
+    project = logging.getLogger("k8s_cni_lab")
+    project.addHandler(handler)
+    project.setLevel(logging.INFO)
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    console = Console()
+    console = Console(log_path=False)
     if not console.is_terminal:
-        console = Console(width=120)  # logs and CI: room for the checks' table
+        console = Console(log_path=False, width=120)  # logs and CI: room for the table
     if os.geteuid() != 0:
         console.print("[red]The lab needs root[/] (namespaces, iptables): run it with sudo.")
         return 2
+    show_progress(console)
     # A plain `kill` must tear the lab down like Ctrl-C does.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(130))
     from lab import cli  # after the checks: it imports paramiko and the bootstrap

@@ -81,6 +81,7 @@ class LocalLab:
         workers = [node.name for node in self.plan.workers]
         by_node = self.ssh.on_all(lambda node: start(node.name), workers)
         self.pods = [pod for name in workers for pod in by_node[name]]
+        self.console.log("pods: " + ", ".join(f"{pod.name} {pod.ip}" for pod in self.pods))
         return self.pods
 
     # -- checks -----------------------------------------------------------------------------
