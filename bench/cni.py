@@ -222,7 +222,9 @@ def main() -> int:
         run_rounds(contenders, created, tag)
     console = Console()
     console.print(render(contenders))
-    console.print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    console.print(f"{stamp}, {os.cpu_count()} CPUs, load average after the run {load}")
     failures = [f"{c.label}: {f}" for c in contenders for f in c.failures]
     for failure in failures[:10]:
         console.print(f"[red]failure[/red] {failure}")
