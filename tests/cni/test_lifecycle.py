@@ -70,6 +70,18 @@ def test_del_succeeds_without_a_netns_and_releases_the_address(node: Node) -> No
     assert "eth0" not in node.link_names(unset)
 
 
+def test_del_succeeds_when_the_pod_interface_is_already_gone(node: Node) -> None:
+    conf = node.config()
+    pod = node.add_pod()
+    node.call("ADD", conf, pod)
+    node.ip("link", "del", "eth0", pod=pod)  # takes the host end of the pair with it
+
+    deleted = node.call("DEL", conf, pod)
+
+    assert deleted.returncode == 0, deleted.stdout
+    assert node.reservations() == {}
+
+
 def test_del_twice_and_del_of_an_unknown_container_succeed(node: Node) -> None:
     conf = node.config()
     pod = node.add_pod()

@@ -113,6 +113,13 @@ def test_check_reports_each_mismatch(node: Node) -> None:
 
     wrong_ip = {**result, "ips": [{**result["ips"][0], "address": "10.244.1.200/24"}]}
     assert "no reservation" in _check_error(node, conf | {"prevResult": wrong_ip}, pod)
+    host_veth = result["interfaces"][0]["name"]
+    node.ip("link", "set", host_veth, "nomaster")
+    assert "not attached" in _check_error(node, with_prev, pod)
+    node.ip("link", "set", host_veth, "master", "cni0")
+    wrong_mac = {**result, "interfaces": [result["interfaces"][0], {**result["interfaces"][1]}]}
+    wrong_mac["interfaces"][1]["mac"] = "02:00:00:00:00:01"
+    assert "has MAC" in _check_error(node, conf | {"prevResult": wrong_mac}, pod)
     node.ip("route", "del", "default", pod=pod)
     assert "default route" in _check_error(node, with_prev, pod)
     node.ip("addr", "del", address, "dev", "eth0", pod=pod)
