@@ -20,7 +20,7 @@ def up(name: str, node_count: int, *, keep: bool, steps: bool, console: Console)
     try:
         running = local.build(local.LabOptions(name=name, node_count=node_count), console,
                               pod_routes=not steps)
-    except (LabError, local.LabExists, ValueError) as error:
+    except (LabError, ValueError) as error:  # ValueError: PlanError, a bad lab name
         console.print(f"[red]lab up failed:[/] {error}")
         return 1
     try:

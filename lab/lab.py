@@ -16,6 +16,7 @@ from pathlib import Path
 import paramiko
 from rich.console import Console
 
+from bootstrap.errors import LabError
 from bootstrap.inventory import Inventory, NodeAccess
 from bootstrap.phases.local import run_local_workflow
 from bootstrap.ssh import ClusterSSH, ConnectPolicy
@@ -39,8 +40,8 @@ ECHO_SERVER = Path(__file__).with_name("echo_server.py")
 PROBE_TIMEOUT = 15
 
 
-class LabExists(RuntimeError):
-    pass
+class LabExists(LabError):
+    """A lab of that name is up already: two labs must not share namespace names."""
 
 
 @dataclass(frozen=True)

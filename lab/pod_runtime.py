@@ -72,27 +72,30 @@ def state_file(name: str) -> Path:
 
 
 def run_pod(name: str, port: int) -> dict:
+    """Like RunPodSandbox: on any failure, undo what was done (no netns, no address kept)."""
     pod = pod_record(name)
-    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
-    subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
     conflist = load_conflist()
-    result = None
+    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
     try:
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        result: dict | None = None
         for plugin in conflist["plugins"]:
             result = invoke(conflist, plugin, "ADD", pod, result)
-    except PodRuntimeError:
-        subprocess.run(["ip", "netns", "del", name], check=False)
+            pod["result"] = result
+        assert result is not None, "a conflist has at least one plugin"
+        pod["ip"] = result["ips"][0]["address"].split("/")[0]
+        workload = start_workload(name, port)
+        pod["pid"] = workload.pid
+        wait_listening(workload, pod["ip"], port)
+    except BaseException:
+        remove_pod(pod, conflist)
         raise
-    pod["result"] = result
-    pod["ip"] = result["ips"][0]["address"].split("/")[0]
-    pod["pid"] = start_workload(name, port)
-    wait_listening(pod["ip"], port)
     STATE_DIR.mkdir(parents=True, exist_ok=True)
     state_file(name).write_text(json.dumps(pod))
     return pod
 
 
-def start_workload(name: str, port: int) -> int:
+def start_workload(name: str, port: int) -> subprocess.Popen[bytes]:
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     log = (LOG_DIR / f"{name}.log").open("ab")
     # nsenter, not `ip netns exec`: the workload must stay in the node's mount namespace,
@@ -101,13 +104,17 @@ def start_workload(name: str, port: int) -> int:
         ["nsenter", f"--net=/run/netns/{name}", "/usr/bin/python3", "-IS", str(WORKLOAD), "serve",
          "--port", str(port), "--name", name],
         stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
-    return process.pid
+    return process
 
 
-def wait_listening(ip: str, port: int, timeout: float = 10.0) -> None:
+def wait_listening(workload: subprocess.Popen[bytes], ip: str, port: int,
+                   timeout: float = 10.0) -> None:
     """Return once the workload accepts connections (the node reaches its pods via cni0)."""
     deadline = time.monotonic() + timeout
     while True:
+        if workload.poll() is not None:
+            raise PodRuntimeError(f"workload exited with status {workload.returncode}; "
+                                  f"see {LOG_DIR}")
         try:
             socket.create_connection((ip, port), timeout=1).close()
             return
@@ -127,15 +134,19 @@ def check_pod(name: str) -> None:
 def stop_pod(name: str) -> None:
     """Idempotent, like a runtime's StopPodSandbox: whatever is already gone is fine."""
     path = state_file(name)
-    pod = json.loads(path.read_text()) if path.exists() else pod_record(name)
+    remove_pod(json.loads(path.read_text()) if path.exists() else pod_record(name),
+               load_conflist())
+    path.unlink(missing_ok=True)
+
+
+def remove_pod(pod: dict, conflist: dict) -> None:
+    """Stop the workload, CNI DEL in reverse plugin order, remove the netns."""
     if pod.get("pid"):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pod["pid"], signal.SIGTERM)
-    conflist = load_conflist()
     for plugin in reversed(conflist["plugins"]):
         invoke(conflist, plugin, "DEL", pod, pod.get("result"))
-    subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
-    path.unlink(missing_ok=True)
+    subprocess.run(["ip", "netns", "del", pod["name"]], check=False, capture_output=True)
 
 
 def list_pods() -> list[dict]:
@@ -163,7 +174,7 @@ def main(argv: list[str]) -> int:
             stop_pod(args.name)
         else:
             print(json.dumps(list_pods()))
-    except (PodRuntimeError, OSError, subprocess.CalledProcessError) as error:
+    except Exception as error:  # one line for the operator; nothing was left behind
         print(f"pod_runtime {args.verb}: {error}", file=sys.stderr)
         return 1
     return 0

@@ -48,8 +48,8 @@ def _matches_source(rule: str, pod_cidr: str) -> bool:
         return True
     source = words[words.index("-s") + 1]
     try:
-        return ipaddress.ip_network(pod_cidr).subnet_of(ipaddress.ip_network(source))
-    except (ValueError, TypeError):
+        return ipaddress.IPv4Network(pod_cidr).subnet_of(ipaddress.IPv4Network(source))
+    except ValueError:
         return False
 
 
@@ -76,8 +76,8 @@ def likely_cause(outcome: Outcome, facts: Mapping[str, NodeFacts],
     if check.target.kind == "pod" and target_node != check.source.node and \
             not routed.get(target_node or "", True):
         return f"no route: the VPC route table does not send {target_node}'s pod CIDR to it"
-    if check.target.kind == "internet" and check.source.node in facts and \
-            not facts[check.source.node].masquerades_outbound:
+    source_facts = facts.get(check.source.node or "")
+    if check.target.kind == "internet" and source_facts and not source_facts.masquerades_outbound:
         return f"no NAT on {check.source.node}: the internet gateway drops pod addresses"
     return f"{outcome.result.detail or 'no answer'} (no known cause matched)"
 

@@ -78,6 +78,18 @@ def test_pods_got_distinct_addresses_from_their_nodes_pod_cidr(running_lab):
     assert len({pod.ip for pod in running_lab.pods}) == len(running_lab.pods)
 
 
+def test_a_pod_that_fails_to_start_leaves_no_namespace_and_no_address(running_lab):
+    node = running_lab.ssh.node("worker-1")
+    store = "ls /var/lib/cni/networks/lab-net | sort"
+    reserved = node.run(store, timeout=30, quiet=True).output
+    # The workload cannot bind port 99999: the runtime must undo the CNI ADD and the netns.
+    failed = node.run(f"{local.RUNTIME} run doomed --port 99999", timeout=60, check=False,
+                      quiet=True)
+    assert failed.exit_code == 1 and "doomed" not in node.run(
+        "ip netns list", timeout=30, quiet=True).output
+    assert node.run(store, timeout=30, quiet=True).output == reserved
+
+
 def node_state(lab: local.LocalLab, name: str) -> str:
     return lab.ssh.node(name).run(
         "iptables-save | grep -v '^#'; ip -4 -o addr show cni0; ip -o link show cni0; "
