@@ -545,32 +545,51 @@ def find_ip_binary() -> str:
     raise CniError(ERR_LINK, "iproute2's ip command was not found")
 
 
-def run_in_netns(netns_path: str, ip_options: list[str], batch: str) -> str:
-    """Run one `ip -batch -` inside a network namespace; return its stdout."""
-    argv = [find_ip_binary(), *ip_options, "-batch", "-"]
-    directory, name = os.path.split(netns_path)
-    if directory in ("/run/netns", "/var/run/netns") and not name.startswith("-"):
-        argv[1:1] = ["-n", name]  # where runtimes put them: `ip -n` saves an exec
-    else:
-        argv[:0] = ["nsenter", f"--net={netns_path}"]  # any other path, e.g. /proc/PID/ns/net
-    stdin_r, stdin_w = os.pipe()
-    out_r, out_w = os.pipe()
-    err_r, err_w = os.pipe()
-    actions = [(os.POSIX_SPAWN_DUP2, stdin_r, 0), (os.POSIX_SPAWN_DUP2, out_w, 1)]
-    actions.append((os.POSIX_SPAWN_DUP2, err_w, 2))
-    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
-    try:
-        pid = os.posix_spawnp(argv[0], argv, env, file_actions=actions)
-    finally:
-        for fd in (stdin_r, out_w, err_w):
-            os.close(fd)
-    os.write(stdin_w, batch.encode())
-    os.close(stdin_w)
-    out, err = read_all(out_r), read_all(err_r)
-    status = os.waitpid(pid, 0)[1]
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise CniError(ERR_LINK, "ip failed in the container namespace", err.decode().strip())
-    return out.decode()
+class IpBatch:
+    """One `ip -batch -` inside a network namespace, started before its commands are known.
+
+    Starting it early lets iproute2's exec and namespace switch overlap the plugin's own work;
+    it reads its commands from stdin when `run` is called.
+    """
+
+    def __init__(self, netns_path: str, ip_options: list[str]) -> None:
+        argv = [find_ip_binary(), *ip_options, "-batch", "-"]
+        directory, name = os.path.split(netns_path)
+        if directory in ("/run/netns", "/var/run/netns") and not name.startswith("-"):
+            argv[1:1] = ["-n", name]  # where runtimes put them: `ip -n` saves an exec
+        else:
+            argv[:0] = ["nsenter", f"--net={netns_path}"]  # any other path: /proc/PID/ns/net
+        stdin_r, self.stdin = os.pipe()
+        self.stdout, out_w = os.pipe()
+        self.stderr, err_w = os.pipe()
+        actions = [(os.POSIX_SPAWN_DUP2, stdin_r, 0), (os.POSIX_SPAWN_DUP2, out_w, 1)]
+        actions.append((os.POSIX_SPAWN_DUP2, err_w, 2))
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
+        try:
+            self.pid = os.posix_spawnp(argv[0], argv, env, file_actions=actions)
+        finally:
+            for fd in (stdin_r, out_w, err_w):
+                os.close(fd)
+
+    def run(self, batch: str) -> str:
+        """Feed the commands, wait, and return stdout; a failed command raises."""
+        try:
+            os.write(self.stdin, batch.encode())
+        except BrokenPipeError:
+            batch = ""  # ip already exited (say, the namespace vanished): its stderr says why
+        code, out, err = self.finish()
+        if code != 0:
+            raise CniError(ERR_LINK, "ip failed in the container namespace", err.decode().strip())
+        return out.decode()
+
+    def finish(self) -> tuple[int, bytes, bytes]:
+        """Close its stdin (an empty batch is a no-op), collect output and reap it; idempotent."""
+        if not self.pid:
+            return 0, b"", b""
+        os.close(self.stdin)
+        out, err = read_all(self.stdout), read_all(self.stderr)
+        status, self.pid = os.waitpid(self.pid, 0)[1], 0
+        return os.waitstatus_to_exitcode(status), out, err
 
 
 def read_all(fd: int) -> bytes:
@@ -798,15 +817,14 @@ def setup_hairpin(nl: Netlink, host_veth: str) -> None:
         raise CniError(ERR_LINK, f"failed to set hairpin on {host_veth!r}: {e.strerror}") from None
 
 
-def setup_pod_side(conf: NetConf, netns: str, ifname: str, ip: int) -> None:
-    """Address, link up and default route inside the pod: one batched `ip` process."""
+def setup_pod_side(conf: NetConf, pod_ip: IpBatch, ifname: str, ip: int) -> None:
+    """Address, link up and default route inside the pod, in the already started `ip`."""
     address = f"{format_ipv4(ip)}/{conf.prefix}"
-    batch = (
+    pod_ip.run(
         f"addr add {address} broadcast {format_ipv4(conf.broadcast)} dev {ifname}\n"
         f"link set {ifname} up\n"
         f"route add default via {format_ipv4(conf.gateway)} dev {ifname}\n"
     )
-    run_in_netns(netns, [], batch)
 
 
 def open_netns(path: str) -> int:
@@ -823,6 +841,47 @@ def delete_host_veth(nl: Netlink, name: str) -> None:
         nl.delete_link(name)
     except OSError as e:
         raise CniError(ERR_LINK, f"failed to delete veth {name!r}: {e.strerror}") from None
+
+
+def unlist_host_veth(name: str) -> None:
+    """Delete a veth pair and return as soon as the kernel has unlisted both ends.
+
+    The kernel unregisters the pair in ~2 ms; the deleting syscall then waits another 15-40 ms
+    for an RCU grace period, only to reclaim memory. A forked child makes that call and does
+    the waiting; we return once the name no longer resolves, so the links are gone for every
+    observer and a later ADD can never meet them.
+    """
+    import time
+
+    if not name:
+        return
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            code = delete_in_child(name)
+        finally:
+            os._exit(code)  # whatever happened, the child never runs the parent's code
+    nl, deadline = Netlink(), time.monotonic() + LOCK_TIMEOUT_S
+    while nl.get_link(name) is not None:
+        finished, status = os.waitpid(pid, os.WNOHANG)
+        errno = os.waitstatus_to_exitcode(status) if finished else 0
+        if errno or time.monotonic() > deadline:
+            reason = os.strerror(errno) if errno else "still present"
+            raise CniError(ERR_LINK, f"failed to delete veth {name!r}: {reason}")
+        time.sleep(0.0002)
+
+
+def delete_in_child(name: str) -> int:
+    """The child's side of unlist_host_veth: no inherited stdio, so the runtime never waits."""
+    try:
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        Netlink().delete_link(name)
+    except OSError as e:
+        return e.errno or 1
+    return 0
 
 
 # --------------------------------------------------------------------------- results
@@ -879,6 +938,8 @@ class Rollback:
 def cmd_add(conf: NetConf, args: CallArgs) -> dict:
     host_veth = new_host_veth_name()
     with Rollback() as rollback:
+        pod_ip = IpBatch(args.netns, [])
+        rollback.callback(pod_ip.finish)
         ip = reserve_address(conf, args, host_veth)
         rollback.callback(release_address, conf, args)
         nl = Netlink()
@@ -889,7 +950,7 @@ def cmd_add(conf: NetConf, args: CallArgs) -> dict:
         rollback.callback(delete_host_veth, nl, host_veth)
         if conf.hairpin:
             setup_hairpin(nl, host_veth)
-        setup_pod_side(conf, args.netns, args.ifname, ip)
+        setup_pod_side(conf, pod_ip, args.ifname, ip)
         result = build_result(conf, args, ip, macs, host_veth)
         rollback.pop_all()
         os.close(netns_fd)
@@ -918,15 +979,15 @@ def release_address(conf: NetConf, args: CallArgs) -> Reservation | None:
 def cmd_del(conf: NetConf, args: CallArgs) -> None:
     """Release by (container ID, ifname). Needs no netns: the host veth name is in the store.
 
-    The veth goes first and outside the lock (its teardown waits ~20 ms for an RCU grace period),
-    so concurrent DELs overlap; the address is freed only once its interface is gone.
+    The veth goes first and outside the lock, so concurrent DELs overlap; the address is freed
+    only once its interface is gone.
     """
     try:
         with conf.store() as store:
             found = find_reservation(store, args.container_id, args.ifname)
         if found is None:
             return
-        delete_host_veth(Netlink(), found.host_veth)  # its peer in the pod goes with it
+        unlist_host_veth(found.host_veth)  # its peer in the pod goes with it
         with conf.store() as store:
             if store.reserved().get(found.ip) == found:  # not re-reserved by a racing ADD
                 store.release(found.ip)
@@ -989,9 +1050,8 @@ def check_pod_side(conf: NetConf, args: CallArgs, expected: dict[str, Any]) -> N
     if not os.path.exists(args.netns):
         raise mismatch(f"network namespace {args.netns!r} is gone")
     try:
-        output = run_in_netns(
-            args.netns, ["-j"], f"addr show dev {args.ifname}\nroute show default\n"
-        )
+        batch = f"addr show dev {args.ifname}\nroute show default\n"
+        output = IpBatch(args.netns, ["-j"]).run(batch)
     except CniError as e:
         raise mismatch(f"container interface {args.ifname!r} is missing: {e.details}") from None
     links, routes = parse_json_stream(output)
