@@ -335,8 +335,7 @@ class DiskStore:
         return found
 
     def _read(self, name: str, ip: int) -> Reservation:
-        with open(os.path.join(self.dir, name), encoding="utf-8") as f:
-            fields = f.read().split("\n")
+        fields = read_small_file(os.path.join(self.dir, name)).split("\n")
         container_id, ifname, host_veth = [*fields, "", "", ""][:3]
         return Reservation(ip, container_id, ifname, host_veth)
 
@@ -364,14 +363,26 @@ class DiskStore:
 
     def last_reserved(self) -> int | None:
         try:
-            with open(os.path.join(self.dir, self.LAST_RESERVED), encoding="ascii") as f:
-                return parse_ipv4(f.read().strip())
+            return parse_ipv4(read_small_file(os.path.join(self.dir, self.LAST_RESERVED)).strip())
         except (OSError, ValueError):
             return None
 
     def set_last_reserved(self, ip: int) -> None:
-        with open(os.path.join(self.dir, self.LAST_RESERVED), "w", encoding="ascii") as f:
-            f.write(format_ipv4(ip))
+        path = os.path.join(self.dir, self.LAST_RESERVED)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, format_ipv4(ip).encode())
+        finally:
+            os.close(fd)
+
+
+def read_small_file(path: str) -> str:
+    """os-level read: open() would build a TextIOWrapper and import a codec, per file."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, 4096).decode("utf-8", "replace")
+    finally:
+        os.close(fd)
 
 
 # --------------------------------------------------------------------------- netlink
