@@ -940,10 +940,22 @@ class Rollback:
     def pop_all(self) -> None:
         self.undo = []
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        """Run every undo even if one fails; the ADD's own error stays the one reported."""
+        failures = []
         while self.undo:
             fn, args = self.undo.pop()
-            fn(*args)
+            try:
+                fn(*args)
+            except Exception as e:
+                failures.append(f"{getattr(fn, '__name__', fn)}: {e}")
+        if not failures:
+            return
+        note = "rollback failed: " + ", ".join(failures)
+        if isinstance(exc, CniError):
+            exc.details = f"{exc.details}; {note}" if exc.details else note
+        else:
+            raise CniError(ERR_INTERNAL, f"internal error: {exc!r}", note) from exc
 
 
 def cmd_add(conf: NetConf, args: CallArgs) -> dict:

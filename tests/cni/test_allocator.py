@@ -134,3 +134,29 @@ def test_json_codec_matches_the_json_module(value: object) -> None:
 def test_json_loads_rejects_what_the_json_module_rejects(text: str) -> None:
     with pytest.raises(ValueError):
         lab_cni.json_loads(text)
+
+
+def test_rollback_runs_every_undo_in_reverse_and_keeps_the_adds_error() -> None:
+    ran: list[str] = []
+
+    def undo(name: str) -> None:
+        ran.append(name)
+        if name == "veth":
+            raise OSError("device busy")
+
+    with pytest.raises(lab_cni.CniError) as failure, lab_cni.Rollback() as rollback:
+        for step in ("reservation", "veth", "netns"):
+            rollback.callback(undo, step)
+        raise lab_cni.CniError(104, "pod side failed", "ip said no")
+
+    assert ran == ["netns", "veth", "reservation"]
+    assert failure.value.code == 104
+    assert failure.value.details == "ip said no; rollback failed: undo: device busy"
+
+
+def test_rollback_does_nothing_after_pop_all() -> None:
+    ran: list[str] = []
+    with lab_cni.Rollback() as rollback:
+        rollback.callback(ran.append, "undo")
+        rollback.pop_all()
+    assert ran == []
