@@ -50,7 +50,7 @@ def medians(node_count: int) -> dict[str, float]:
 
 
 def main() -> None:
-    console = Console()
+    console = Console(width=None if Console().is_terminal else 120)
     local.down(LAB)  # a previous interrupted run
     small, large = medians(3), medians(12)
     table = Table(title=f"Local lab, wall time in seconds (median of {RUNS} runs)",

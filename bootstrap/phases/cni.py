@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 from bootstrap.errors import LabError
-from bootstrap.node_network import NODE_FILES, cni_conflist
+from bootstrap.node_network import (
+    NODE_FILES,
+    cni_conflist,
+    precompile_command,
+    render_plugin_launcher,
+)
 from bootstrap.phases.context import LocalContext
 from bootstrap.phases.workflow import Phase, log_noop, log_step
 from bootstrap.remote_files import DesiredFile, ensure_files
@@ -14,6 +20,7 @@ from bootstrap.ssh import NodeSSH
 from infra.plan import Plan
 
 NAME = "cni"
+PRECOMPILE_TIMEOUT = 60
 
 
 def new_cni_phase() -> Phase[LocalContext]:
@@ -35,7 +42,8 @@ def read_plugin(path: Path) -> bytes:
 
 def cni_files(plan: Plan, node_name: str, plugin: bytes) -> list[DesiredFile]:
     conflist = json.dumps(cni_conflist(plan, plan.node(node_name)), indent=2) + "\n"
-    return [DesiredFile(NODE_FILES.plugin, plugin, 0o755),
+    return [DesiredFile(NODE_FILES.plugin, render_plugin_launcher().encode(), 0o755),
+            DesiredFile(NODE_FILES.plugin_module, plugin, 0o644),
             DesiredFile(NODE_FILES.conflist, conflist.encode(), 0o644)]
 
 
@@ -43,5 +51,8 @@ def install_cni(node: NodeSSH, plan: Plan, plugin: bytes) -> None:
     written, current = ensure_files(node, cni_files(plan, node.name, plugin))
     for path in written:
         log_step(NAME, node.name, f"installed {path}")
+    if NODE_FILES.plugin_module in written:
+        node.run(shlex.join(precompile_command()), timeout=PRECOMPILE_TIMEOUT)
+        log_step(NAME, node.name, "compiled the plugin's bytecode (hash-checked)")
     for path in current:
         log_noop(NAME, node.name, f"{path} already has this content and mode (sha256 match)")

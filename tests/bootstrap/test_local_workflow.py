@@ -4,6 +4,7 @@ directory, never on the host) and whose /run is empty (no systemd)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import time
@@ -20,6 +21,7 @@ from bootstrap.node_network import (
     NODE_FILES,
     cni_conflist,
     render_boot_unit,
+    render_plugin_launcher,
     render_setup_script,
     render_teardown_script,
 )
@@ -33,7 +35,10 @@ from tests.bootstrap.sshd import SSHD, KeyPair, new_ed25519_key, write_sshd_file
 pytestmark = [needs_netns, needs_sshd]
 
 OVERLAID = ("/etc", "/opt")
-PLUGIN_V1 = b"#!/usr/bin/python3 -IS\nprint('lab-cni v1')\n"
+PLUGIN_V1 = b"#!/usr/bin/python3 -IS\ndef main():\n    print('lab-cni v1')\n    return 0\n"
+PLUGIN_V2 = PLUGIN_V1.replace(b"v1", b"v2")
+# The plugin's bytecode, compiled on the node at install (same Python here and there).
+BYTECODE = importlib.util.cache_from_source(NODE_FILES.plugin_module)
 
 
 @dataclass(frozen=True)
@@ -134,9 +139,11 @@ def test_workflow_installs_everything_then_a_rerun_changes_nothing(
     assert first_run < 20
     for name, node in cluster.nodes.items():
         planned = plan.node(name)
-        assert _written_files(node) == set(NODE_FILES.__dict__.values())  # and nothing else
+        # and nothing else
+        assert _written_files(node) == {*NODE_FILES.__dict__.values(), BYTECODE}
         expected = {
-            NODE_FILES.plugin: (PLUGIN_V1, 0o755),
+            NODE_FILES.plugin: (render_plugin_launcher().encode(), 0o755),
+            NODE_FILES.plugin_module: (PLUGIN_V1, 0o644),
             NODE_FILES.conflist: (None, 0o644),
             NODE_FILES.setup_script: (render_setup_script(plan, planned).encode(), 0o755),
             NODE_FILES.teardown_script: (render_teardown_script(plan, planned).encode(), 0o755),
@@ -172,12 +179,16 @@ def test_only_cni_uploads_a_changed_plugin_and_touches_nothing_else(
     with cluster.ssh() as ssh:
         assert run_local_workflow(plan, inventory, ssh=ssh, plugin_source=plugin,
                                   only=["cni"]) == ["cni"]
-        plugin.write_bytes(b"#!/usr/bin/python3 -IS\nprint('lab-cni v2')\n")
+        plugin.write_bytes(PLUGIN_V2)  # same size: file times alone could not tell
         assert run_local_workflow(plan, inventory, ssh=ssh, plugin_source=plugin,
                                   skip=["wait-ssh", "node-network"]) == ["cni"]
+        for name in cluster.nodes:  # the launcher runs the new version, not stale bytecode
+            ran = ssh.node(name).run(NODE_FILES.plugin, timeout=30, quiet=True)
+            assert ran.output == "lab-cni v2\n"
     for node in cluster.nodes.values():
-        assert node.file(NODE_FILES.plugin).read_bytes().endswith(b"v2')\n")
-        assert _written_files(node) == {NODE_FILES.plugin, NODE_FILES.conflist}
+        assert node.file(NODE_FILES.plugin_module).read_bytes() == PLUGIN_V2
+        assert _written_files(node) == {NODE_FILES.plugin, NODE_FILES.plugin_module,
+                                        NODE_FILES.conflist, BYTECODE}
         links = cluster.spaces.run(node.namespace, "ip", "-o", "link").stdout
         assert "cni0" not in links
 
