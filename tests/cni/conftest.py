@@ -87,8 +87,18 @@ class Node:
             env["CNI_NETNS"] = f"/run/netns/{pod}"
         return env
 
+    @property
+    def default_log_dir(self) -> Path:
+        """Mounted over /var/log for every call (`ip netns exec` gives each its own mount
+        namespace): a config that names no logFile, or cannot be read, logs to the default
+        /var/log/lab-cni.log, and that must never be the host's."""
+        return self.tmp / "var-log"
+
     def argv(self) -> list[str]:
-        return ["ip", "netns", "exec", self.name, SYSTEM_PYTHON, "-IS", str(PLUGIN)]
+        self.default_log_dir.mkdir(exist_ok=True)
+        return ["ip", "netns", "exec", self.name, "/bin/sh", "-c",
+                'mount --bind "$0" /var/log && exec "$@"', str(self.default_log_dir),
+                SYSTEM_PYTHON, "-IS", str(PLUGIN)]
 
     def call_raw(self, env: dict, stdin: str) -> CallResult:
         done = subprocess.run(self.argv(), input=stdin, env=env, capture_output=True, text=True)

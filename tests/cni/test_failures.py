@@ -168,3 +168,7 @@ def test_bad_input_gets_its_code_and_changes_nothing(
     assert error["cniVersion"] == ("1.0.0" if speaks_callers_version else "1.1.0")
     assert state(node, pod) == before
     assert not node.data_dir.exists()
+    # Each rejected call logs one line: to the config's logFile, or where none could be
+    # read, to the default /var/log/lab-cni.log (the test's private /var/log).
+    log = node.log_file if not isinstance(stdin, str) else node.default_log_dir / "lab-cni.log"
+    assert f"error {code}:" in log.read_text().splitlines()[-1]
