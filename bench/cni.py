@@ -26,7 +26,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from bootstrap.node_network import precompile_command, render_plugin_launcher
+from bootstrap.node_network import render_plugin_launcher
 
 REPO = Path(__file__).resolve().parent.parent
 LAB_CNI = REPO / "bootstrap" / "cni" / "lab_cni.py"
@@ -84,15 +84,17 @@ def make_contenders(state_dir: Path) -> list[Contender]:
 
 
 def install_lab_cni(state_dir: Path) -> Path:
-    """The plugin as the bootstrap installs it on nodes: a launcher importing the module,
-    whose bytecode is compiled at install."""
+    """The plugin as the bootstrap installs it on nodes: a launcher importing the module.
+    Python caches the module's bytecode at the first call; the warm-up call below makes it,
+    as the first pod on a node does."""
     module = state_dir / "lib" / "lab_cni.py"
     module.parent.mkdir()
     shutil.copy(LAB_CNI, module)
-    subprocess.run(precompile_command(str(module)), check=True)
     launcher = state_dir / "lab-cni"
     launcher.write_text(render_plugin_launcher(str(module)))
     launcher.chmod(0o755)
+    subprocess.run([launcher], input=b"{}", env={"CNI_COMMAND": "VERSION"}, check=True,
+                   capture_output=True)
     return launcher
 
 

@@ -141,7 +141,9 @@ def cni_conflist(plan: Plan, node: Node) -> dict[str, Any]:
 def render_plugin_launcher(module_path: str = NODE_FILES.plugin_module) -> str:
     """/opt/cni/bin/lab-cni: imports the plugin module instead of running it as a script,
     because Python caches bytecode only for imports. Compiling the plugin costs more than
-    the reference plugin's whole ADD; importing its cached bytecode, about 1 ms."""
+    the reference plugin's whole ADD; importing its cached bytecode, about 1 ms. The first
+    call writes the cache, as for any installed Python module; an upgrade changes the
+    file's time and size, which invalidates it."""
     module_dir, module = module_path.rsplit("/", 1)
     return f"""\
 #!/usr/bin/python3 -IS
@@ -154,13 +156,6 @@ from {module.removesuffix(".py")} import main
 
 sys.exit(main())
 """
-
-
-def precompile_command(module_path: str = NODE_FILES.plugin_module) -> list[str]:
-    """Compile the plugin's bytecode at install. Hash-checked bytecode is never stale,
-    whatever the file times say after an upgrade."""
-    return ["/usr/bin/python3", "-IS", "-m", "compileall", "-q", "--invalidation-mode",
-            "checked-hash", module_path]
 
 
 def render_boot_unit() -> str:

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import shlex
 from pathlib import Path
 
 from bootstrap.errors import LabError
 from bootstrap.node_network import (
     NODE_FILES,
     cni_conflist,
-    precompile_command,
     render_plugin_launcher,
 )
 from bootstrap.phases.context import LocalContext
@@ -20,7 +18,6 @@ from bootstrap.ssh import NodeSSH
 from infra.plan import Plan
 
 NAME = "cni"
-PRECOMPILE_TIMEOUT = 60
 
 
 def new_cni_phase() -> Phase[LocalContext]:
@@ -51,8 +48,5 @@ def install_cni(node: NodeSSH, plan: Plan, plugin: bytes) -> None:
     written, current = ensure_files(node, cni_files(plan, node.name, plugin))
     for path in written:
         log_step(NAME, node.name, f"installed {path}")
-    if NODE_FILES.plugin_module in written:
-        node.run(shlex.join(precompile_command()), timeout=PRECOMPILE_TIMEOUT)
-        log_step(NAME, node.name, "compiled the plugin's bytecode (hash-checked)")
     for path in current:
         log_noop(NAME, node.name, f"{path} already has this content and mode (sha256 match)")
