@@ -51,11 +51,11 @@ def _straight(running: local.LocalLab, console: Console) -> Sequence[Outcome]:
 def _story(running: local.LocalLab, console: Console) -> Sequence[Outcome]:
     stages = story.replay(running)
     console.print(story_table([(stage.title, stage.outcomes) for stage in stages]))
-    for stage in stages:
-        failed = {name: cause for name, cause in stage.causes.items()}
-        if failed:
-            console.print(f"[bold]{stage.title}[/]: " + "; ".join(
-                f"{name}: {cause}" for name, cause in failed.items()))
+    for stage in stages:  # why each FAIL failed, stage by stage
+        if stage.causes:
+            console.print(f"[bold]{stage.title}[/]")
+            for name, cause in stage.causes.items():
+                console.print(f"  {name}: {cause}")
     final = stages[-1]
     print_failures(console, final.outcomes, final.causes)
     return final.outcomes
