@@ -21,7 +21,7 @@ from lab.layout import LAB_NAME
 
 def lab_name(value: str) -> str:
     if not LAB_NAME.match(value):
-        raise argparse.ArgumentTypeError("1-9 lowercase letters or digits, starting with a letter")
+        raise argparse.ArgumentTypeError("1-20 lowercase letters or digits, starting with a letter")
     return value
 
 

@@ -2,7 +2,7 @@
 
 Pure: no I/O, so the whole layout is testable without root. `lab/network.py` builds it.
 
-    operator (host) --- inet0 bridge [internet host 198.51.100.1] --- IGW --- VPC router
+    operator's SSH --- inet0 bridge [internet host 198.51.100.1] --- IGW --- VPC router
                                                                      (1:1 NAT     |  vpc0 bridge
                                                                       node IPs)   |  10.0.1.1
                                                           master 10.0.1.10, worker-N 10.0.1.1N
@@ -23,11 +23,10 @@ PUBLIC_IPS = IPv4Network("203.0.113.0/24")
 ROUTER_IGW_LINK = IPv4Network("192.0.2.0/30")
 INTERNET_HOST = IPv4Interface("198.51.100.1/24")
 IGW_INTERNET_SIDE = IPv4Interface("198.51.100.254/24")
-OPERATOR = IPv4Interface("198.51.100.2/24")
 ECHO_PORT = 8080
 INTERNET_ECHO_PORT = 80
 
-LAB_NAME = re.compile(r"^[a-z][a-z0-9]{0,8}$")
+LAB_NAME = re.compile(r"^[a-z][a-z0-9]{0,19}$")
 
 
 @dataclass(frozen=True)
@@ -60,10 +59,6 @@ class Layout:
         return f"{self.lab}-inet"
 
     @property
-    def operator_link(self) -> str:
-        return f"{self.lab}-op"  # the only interface the lab adds to the host namespace
-
-    @property
     def router_ip(self) -> IPv4Interface:
         """The VPC router's address on the subnet: its first host, as in AWS."""
         subnet = self.plan.subnet
@@ -80,8 +75,8 @@ class Layout:
 
 def make_layout(plan: Plan, lab: str = "k8slab") -> Layout:
     if not LAB_NAME.match(lab):
-        raise ValueError(f"lab name {lab!r} must be 1-9 lowercase letters or digits, starting "
-                         "with a letter (it prefixes interface names, which hold 15 characters)")
+        raise ValueError(f"lab name {lab!r} must be 1-20 lowercase letters or digits, starting "
+                         "with a letter (it prefixes the names of the lab's namespaces)")
     if len(plan.nodes) > PUBLIC_IPS.num_addresses - 20:
         raise ValueError(f"{len(plan.nodes)} nodes do not fit the lab's public range {PUBLIC_IPS}")
     nodes = tuple(

@@ -15,17 +15,19 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from bootstrap.errors import LabError
 from lab.layout import (
     IGW_INTERNET_SIDE,
     INTERNET_HOST,
     PUBLIC_IPS,
+    LabNode,
     Layout,
     router_igw_addresses,
 )
 
 
-class LabCommandError(RuntimeError):
-    pass
+class LabCommandError(LabError):
+    """A command that builds or removes the simulated network failed."""
 
 
 def run(argv: Sequence[str], *, stdin: str | None = None, check: bool = True) -> str:
@@ -82,7 +84,7 @@ def _build_router(layout: Layout) -> None:
                               "net.ipv4.conf.vpc0.send_redirects": "0"})
 
 
-def _build_node(layout: Layout, node) -> None:
+def _build_node(layout: Layout, node: LabNode) -> None:
     prefix = layout.plan.subnet.prefixlen
     ip_batch(None, [f"link add eth0 netns {node.namespace} type veth peer name "
                     f"{node.router_port} netns {layout.router_ns}"])
