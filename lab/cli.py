@@ -15,11 +15,10 @@ from lab import lab as local
 from lab import nodes, story
 
 
-def up(name: str, node_count: int, *, keep: bool, steps: bool, console: Console) -> int:
-    started = time.monotonic()
+def up(options: local.LabOptions, *, keep: bool, steps: bool, console: Console) -> int:
+    started, name = time.monotonic(), options.name
     try:
-        running = local.build(local.LabOptions(name=name, node_count=node_count), console,
-                              pod_routes=not steps)
+        running = local.build(options, console, pod_routes=not steps)
     except (LabError, ValueError) as error:  # ValueError: PlanError, a bad lab name
         console.print(f"[red]lab up failed:[/] {error}")
         return 1

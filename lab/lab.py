@@ -49,6 +49,8 @@ class LabOptions:
     name: str = "k8slab"
     node_count: int = 3
     connect_deadline: float = 30.0
+    # The bootstrap's login: "ubuntu" with sudo, as on EC2, or "root".
+    user: str = "ubuntu"
 
 
 @dataclass
@@ -183,11 +185,11 @@ def _build(layout: Layout, options: LabOptions, console: Console,
     host_keys = {node.name: nodes.prepare_disk(layout, node, client_key.public_openssh)
                  for node in layout.nodes}
     for node in layout.nodes:
-        nodes.start_sshd(layout, node)
+        nodes.start_sshd(layout, node, options.user)
     _start_internet_host(layout)
     inventory = Inventory(
         nodes=tuple(NodeAccess(name=node.name, role=layout.plan.node(node.name).role,
-                               host=str(node.public_ip), user="root",
+                               host=str(node.public_ip), user=options.user,
                                host_key=host_keys[node.name], private_ip=str(node.private_ip),
                                pod_cidr=str(node.pod_cidr))
                     for node in layout.nodes),

@@ -1,9 +1,9 @@
 """Simulated EC2 instances: a node namespace with its own disk view and a real OpenSSH server.
 
 Each node's processes run in a private mount namespace where /etc, /opt, /var/lib,
-/var/log and /root are overlays on the host's (writes land in the node's own directory, never on the
-host) and /run is a fresh tmpfs. That is the node's "disk": the bootstrap writes its files
-there over SSH exactly as on an EC2 instance.
+/var/log and /root are overlays on the host's (writes land in the node's own directory, never
+on the host) and /run and /tmp are fresh tmpfs. That is the node's "disk": the bootstrap
+writes its files there over SSH exactly as on an EC2 instance.
 """
 
 from __future__ import annotations
@@ -96,23 +96,33 @@ def prepare_disk(layout: Layout, node: LabNode, client_public_key: str) -> str:
     return host_key.public_openssh
 
 
-def mount_script(lab: str, node: str) -> str:
-    """Shell lines that give the node its own disk view and hostname, run inside its own
-    mount and UTS namespaces."""
+def boot_script(lab: str, node: str, login_user: str) -> str:
+    """What the node runs at "boot", inside its own mount and UTS namespaces: its disk view,
+    hostname, and the login user (like Ubuntu's `ubuntu`: sudo without a password)."""
     lines = []
     for path in OVERLAID:
         work = node_dir(lab, node) / "work" / Path(path).name
         options = f"lowerdir={path},upperdir={upper_dir(lab, node, path)},workdir={work}"
         lines.append(f"mount -t overlay overlay -o {shlex.quote(options)} {path}")
+    name = shlex.quote(node)
     lines += ["mount -t tmpfs -o mode=0755 tmpfs /run", "mkdir -p /run/sshd /run/netns",
-              f"hostname {shlex.quote(node)}"]
+              "mount -t tmpfs -o mode=1777 tmpfs /tmp",
+              f"hostname {name}", f"echo 127.0.1.1 {name} >> /etc/hosts"]
+    if login_user != "root":
+        user = shlex.quote(login_user)
+        # Password "*": no password can log in, but the account is not locked, which
+        # sshd without PAM would refuse even for a key.
+        lines += [f"useradd --create-home --home-dir /var/lib/{user} --shell /bin/bash "
+                  f"--password '*' {user}",
+                  f"echo {shlex.quote(f'{login_user} ALL=(ALL) NOPASSWD:ALL')} "
+                  f"> /etc/sudoers.d/{user}"]
     return " && ".join(lines)
 
 
-def start_sshd(layout: Layout, node: LabNode) -> subprocess.Popen[bytes]:
-    """Boot the node: its mounts, then sshd in the foreground (so the pid is sshd's)."""
-    script = f"{mount_script(layout.lab, node.name)} && exec /usr/sbin/sshd -D -e " \
-             f"-f {SSHD_DIR}/sshd_config"
+def start_sshd(layout: Layout, node: LabNode, login_user: str) -> subprocess.Popen[bytes]:
+    """Boot the node, then sshd in the foreground (so the pid is sshd's)."""
+    script = f"{boot_script(layout.lab, node.name, login_user)} && exec /usr/sbin/sshd -D " \
+             f"-e -f {SSHD_DIR}/sshd_config"
     directory = node_dir(layout.lab, node.name)
     log = (directory / "sshd.log").open("ab")
     process = subprocess.Popen(

@@ -71,6 +71,14 @@ def test_every_check_of_the_seed_lab_passes(running_lab):
     assert failures(running_lab) == {}
 
 
+def test_the_bootstrap_logged_in_as_ubuntu_and_used_sudo(running_lab):
+    node = running_lab.ssh.node("worker-1")
+    assert node.access.user == "ubuntu"
+    assert node.run("id -un", timeout=30, quiet=True).output == "root\n"  # through sudo -n
+    owner = node.run("stat -c '%U %a' /opt/cni/bin/lab-cni", timeout=30, quiet=True)
+    assert owner.output == "root 755\n"
+
+
 def test_pods_got_distinct_addresses_from_their_nodes_pod_cidr(running_lab):
     for pod in running_lab.pods:
         node = running_lab.plan.node(pod.node)
@@ -131,7 +139,9 @@ def test_the_story_turns_each_failure_into_a_pass():
     name = lab_name()
     console = Console(file=io.StringIO(), width=200)
     try:
-        lab = local.build(local.LabOptions(name=name), console, pod_routes=False)
+        # As root, where the main fixture logs in as ubuntu with sudo: both paths run.
+        lab = local.build(local.LabOptions(name=name, user="root"), console,
+                          pod_routes=False)
         with lab.ssh:
             stages = story.replay(lab)
             pids = lab_pids(name)
