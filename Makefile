@@ -8,7 +8,8 @@ setup:
 	@scripts/install-deps
 
 lab: setup
-	$(PY) -m lab up $(if $(STEPS),--steps) $(if $(KEEP),--keep) $(if $(NODES),--nodes $(NODES))
+	$(PY) -m lab up $(if $(STEPS),--steps) $(if $(KEEP),--keep) $(if $(NODES),--nodes $(NODES)) \
+		$(if $(LOGIN),--user $(LOGIN))
 
 down: setup
 	$(PY) -m lab down
