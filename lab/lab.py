@@ -182,7 +182,7 @@ def _build(layout: Layout, options: LabOptions, console: Console,
     if pod_routes:
         network.add_pod_routes(layout)
     client_key = nodes.new_ed25519()
-    host_keys = {node.name: nodes.prepare_disk(layout, node, client_key.public_openssh)
+    host_keys = {node.name: nodes.prepare_disk(layout, node, client_key.public_line)
                  for node in layout.nodes}
     for node in layout.nodes:
         nodes.start_sshd(layout, node, options.user)

@@ -45,7 +45,7 @@ Subsystem sftp internal-sftp
 @dataclass(frozen=True)
 class KeyPair:
     private_openssh: str
-    public_openssh: str
+    public_line: str  # "ssh-ed25519 AAAA..."
 
 
 def new_ed25519() -> KeyPair:
@@ -93,7 +93,7 @@ def prepare_disk(layout: Layout, node: LabNode, client_public_key: str) -> str:
     for name in IMAGE_FILES:
         shutil.copy(Path(__file__).with_name(name), image / name)
         (image / name).chmod(0o755)
-    return host_key.public_openssh
+    return host_key.public_line
 
 
 def boot_script(lab: str, node: str, login_user: str) -> str:

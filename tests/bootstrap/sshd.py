@@ -12,27 +12,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
-
 from bootstrap.inventory import Inventory, NodeAccess
+from lab.nodes import KeyPair, new_ed25519
 
 SSHD = "/usr/sbin/sshd"
 
-
-@dataclass(frozen=True)
-class KeyPair:
-    private_openssh: str
-    public_line: str  # "ssh-ed25519 AAAA..."
-
-
-def new_ed25519_key() -> KeyPair:
-    key = ed25519.Ed25519PrivateKey.generate()
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                serialization.NoEncryption()).decode()
-    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                           serialization.PublicFormat.OpenSSH).decode()
-    return KeyPair(private, public)
+# The same key generator as the local lab's.
+new_ed25519_key = new_ed25519
 
 
 def write_sshd_files(directory: Path, *, listen: str, port: int, host_key: KeyPair,
