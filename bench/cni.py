@@ -9,13 +9,13 @@ machine load hits every plugin alike. Needs root.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bootstrap.node_network import render_plugin_launcher
+from lab.netns_socket import enter_network_namespace
 
 REPO = Path(__file__).resolve().parent.parent
 LAB_CNI = REPO / "bootstrap" / "cni" / "lab_cni.py"
@@ -35,7 +36,6 @@ SYSTEM_PYTHON = "/usr/bin/python3"
 SUBNET, GATEWAY, CLUSTER_CIDR = "10.244.1.0/24", "10.244.1.1", "10.244.0.0/16"
 SEQUENTIAL_CALLS = 50
 CONCURRENT_ADDS = 64
-CLONE_NEWNET = 0x40000000
 
 
 @dataclass
@@ -122,17 +122,14 @@ def add_namespace(created: list[str], name: str) -> str:
 @contextmanager
 def inside_netns(name: str) -> Iterator[None]:
     """Enter a namespace in this thread, so children start there; always come back."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    home = os.open("/proc/self/ns/net", os.O_RDONLY)
-    target = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    home = f"/proc/{os.getpid()}/task/{threading.get_native_id()}/ns/net"
+    home_fd = os.open(home, os.O_RDONLY)  # held open: the namespace to return to
     try:
-        if libc.setns(target, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns {name}")
+        enter_network_namespace(f"/run/netns/{name}")
         yield
     finally:
-        libc.setns(home, CLONE_NEWNET)
-        os.close(home)
-        os.close(target)
+        enter_network_namespace(f"/proc/self/fd/{home_fd}")
+        os.close(home_fd)
 
 
 def plugin_env(contender: Contender, command: str, pod: str) -> dict[str, str]:

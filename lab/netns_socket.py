@@ -18,19 +18,24 @@ CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
+def enter_network_namespace(path: str) -> None:
+    """Move the calling thread (only) into the network namespace at `path`."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if _libc.setns(fd, CLONE_NEWNET) != 0:
+            error = ctypes.get_errno()
+            raise OSError(error, f"setns into {path}: {os.strerror(error)}")
+    finally:
+        os.close(fd)
+
+
 def connect_in_namespace(namespace: str, host: str, port: int,
                          timeout: float | None) -> socket.socket:
     outcome: list[socket.socket | BaseException] = []
 
     def connect() -> None:
         try:
-            fd = os.open(f"/run/netns/{namespace}", os.O_RDONLY)
-            try:
-                if _libc.setns(fd, CLONE_NEWNET) != 0:
-                    error = ctypes.get_errno()
-                    raise OSError(error, f"setns into {namespace}: {os.strerror(error)}")
-            finally:
-                os.close(fd)
+            enter_network_namespace(f"/run/netns/{namespace}")
             outcome.append(socket.create_connection((host, port), timeout=timeout))
         except BaseException as error:  # handed to the caller's thread below
             outcome.append(error)
