@@ -1,11 +1,13 @@
-"""The k8s-cni-lab stack: config -> address plan -> network, nodes, pod routes -> outputs."""
+"""The k8s-cni-lab stack: config -> address plan -> network, nodes, pod routes -> cluster
+bootstrap -> outputs."""
 
 import pulumi
 
+from bootstrap.provider import BootstrapNode, ClusterBootstrap, ClusterBootstrapArgs
 from infra.config import load_config
 from infra.network import Network, NetworkArgs, first_availability_zone
 from infra.nodes import Nodes, NodesArgs, latest_ubuntu_ami
-from infra.outputs import stack_outputs
+from infra.outputs import SSH_USER, stack_outputs
 from infra.plan import PlanError, make_plan
 from infra.routes import PodRoute, PodRoutes, PodRoutesArgs
 
@@ -28,10 +30,23 @@ nodes = Nodes("lab", NodesArgs(
     boot_dependencies=network.internet_access,
     ami_is_latest=config.ami_id is None,
 ))
-PodRoutes("lab-pods", PodRoutesArgs(
+routes = PodRoutes("lab-pods", PodRoutesArgs(
     route_table_id=network.route_table.id,
     routes=[PodRoute(m.node, m.instance.primary_network_interface_id) for m in nodes.members],
 ))
 
 for name, value in stack_outputs(plan, network, nodes).items():
     pulumi.export(name, value)
+
+if config.bootstrap:
+    cluster = ClusterBootstrap("lab-cluster", ClusterBootstrapArgs(
+        plan=plan,
+        nodes=[BootstrapNode(m.node, m.instance.public_ip, m.host_key.public_key_openssh,
+                             m.instance.private_ip) for m in nodes.members],
+        private_key=nodes.private_key_openssh,
+        ssh_user=SSH_USER,
+    ), opts=pulumi.ResourceOptions(
+        # SSH needs the instances; the Ready check needs cross-node pod routes in place.
+        depends_on=[nodes, routes],
+    ))
+    pulumi.export("kubeconfig", cluster.kubeconfig)  # secret: additional_secret_outputs

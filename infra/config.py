@@ -2,7 +2,8 @@
 
 The keys are the camelCase names documented in docs/infra.md; each falls back to the
 default in `plan.Settings`, so `Pulumi.dev.yaml` can stay short and a missing key is never
-an error. The two cloud-only settings (amiId, availabilityZone) are looked up when unset.
+an error. The two cloud-only settings (amiId, availabilityZone) are looked up when unset;
+`bootstrap` (default true) makes `pulumi up` build the kubeadm cluster on the nodes.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class StackConfig:
     settings: Settings
     ami_id: str | None  # None: the latest Canonical Ubuntu 24.04 image of the region
     availability_zone: str | None  # None: the region's first available zone
+    bootstrap: bool = True  # False: stop at bare nodes and routes (bootstrap by hand)
 
 
 def load_config(config: pulumi.Config | None = None) -> StackConfig:
@@ -58,6 +60,7 @@ def load_config(config: pulumi.Config | None = None) -> StackConfig:
         settings=Settings(**values),
         ami_id=config.get("amiId") or None,
         availability_zone=config.get("availabilityZone") or None,
+        bootstrap=config.get_bool("bootstrap", True),
     )
 
 

@@ -28,6 +28,9 @@ MAIN = Path(__file__).resolve().parents[2] / "__main__.py"
 AMI_ID = "ami-0mocked0ubuntu0"
 ZONES = ["ap-southeast-1a", "ap-southeast-1b", "ap-southeast-1c"]
 
+BOOTSTRAP = "pulumi-python:dynamic/bootstrap:ClusterBootstrap"
+MOCK_KUBECONFIG = "apiVersion: v1\nkind: Config\n# the mocked cluster admin's\n"
+
 AMI_TOKEN = "aws:ec2/getAmi:getAmi"
 ZONES_TOKEN = "aws:index/getAvailabilityZones:getAvailabilityZones"
 
@@ -58,6 +61,9 @@ class LabMocks(pulumi.runtime.Mocks):
             state["privateKeyOpenssh"] = fake_private_key(args.name)
         elif args.typ == "aws:ec2/keyPair:KeyPair":
             state["keyName"] = f"{args.name}-key"
+        elif args.typ == BOOTSTRAP:  # what BootstrapProvider.create returns
+            state["kubeconfig"] = MOCK_KUBECONFIG
+            state["podCidrs"] = {node["name"]: node["podCidr"] for node in args.inputs["nodes"]}
         return f"{args.name}-id", state
 
     def call(self, args: MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]]]:
@@ -79,15 +85,18 @@ class SecretAwareMonitor(MockMonitor):
         self.dependencies: dict[str, list[str]] = {}
         self.ignore_changes: dict[str, list[str]] = {}
         self.delete_before_replace: dict[str, bool] = {}
+        self.secret_inputs: dict[str, set[str]] = {}
+        self.additional_secret_outputs: dict[str, list[str]] = {}
 
     def RegisterResource(self, request):  # the gRPC method's name
         response = super().RegisterResource(request)
         self.dependencies[response.urn] = list(request.dependencies)
         self.ignore_changes[response.urn] = list(request.ignoreChanges)
         self.delete_before_replace[response.urn] = request.deleteBeforeReplace
-        secret_inputs = {key for key, value in request.object.fields.items()
-                         if value.HasField("struct_value")
-                         and rpc.is_rpc_secret(dict(value.struct_value.fields))}
+        inputs = rpc.deserialize_properties(request.object, keep_unknowns=True)
+        secret_inputs = {key for key, value in inputs.items() if rpc.is_rpc_secret(value)}
+        self.secret_inputs[response.urn] = secret_inputs
+        self.additional_secret_outputs[response.urn] = list(request.additionalSecretOutputs)
         secret_keys = set(request.additionalSecretOutputs) | secret_inputs
         if not secret_keys or request.type == "pulumi:pulumi:Stack":
             return response

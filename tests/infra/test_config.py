@@ -35,6 +35,7 @@ def test_project_is_python_with_the_projects_virtualenv():
 def test_dev_stack_sets_the_region_and_every_setting_at_its_default():
     stack = yaml.safe_load((ROOT / "Pulumi.dev.yaml").read_text())["config"]
     assert stack.pop("aws:region") == "ap-southeast-1"
+    assert stack.pop(f"{PROJECT}:bootstrap") == "true"  # StackConfig's default
     defaults = asdict(Settings())
     expected = {}
     for key, field in PLAN_KEYS.items():
@@ -47,6 +48,12 @@ def test_empty_config_gives_the_default_settings(config):
     loaded = load_config(config({}))
     assert loaded.settings == Settings()
     assert (loaded.ami_id, loaded.availability_zone) == (None, None)
+    assert loaded.bootstrap is True
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("true", True), ("false", False)])
+def test_bootstrap_setting(config, raw, expected):
+    assert load_config(config({"bootstrap": raw})).bootstrap is expected
 
 
 def test_every_key_reaches_its_setting(config):

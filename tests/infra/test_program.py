@@ -12,8 +12,18 @@ import pulumi
 import pytest
 import yaml
 
+from bootstrap.provider import installed_version
 from infra.plan import Settings, make_plan
-from tests.infra.conftest import AMI_ID, AMI_TOKEN, ZONES, ZONES_TOKEN, Deployment
+from tests.infra.conftest import (
+    AMI_ID,
+    AMI_TOKEN,
+    BOOTSTRAP,
+    MOCK_KUBECONFIG,
+    ZONES,
+    ZONES_TOKEN,
+    Deployment,
+    fake_public_key,
+)
 
 VPC = "aws:ec2/vpc:Vpc"
 IGW = "aws:ec2/internetGateway:InternetGateway"
@@ -321,8 +331,9 @@ def test_one_pod_route_per_node_to_its_own_eni(deploy):
 
 @pulumi.runtime.test
 def test_every_resource_belongs_to_a_component(deploy):
+    # The bootstrap is one resource of its own, with no children.
     components = {"k8s-cni-lab:infra:Network", "k8s-cni-lab:infra:Nodes",
-                  "k8s-cni-lab:infra:PodRoutes"}
+                  "k8s-cni-lab:infra:PodRoutes", BOOTSTRAP}
 
     def check(lab: Deployment) -> None:
         for urn in lab.monitor.resources:
@@ -368,20 +379,79 @@ def test_outputs_describe_every_node(deploy):
 
 
 @pulumi.runtime.test
-def test_private_key_is_the_only_secret_output(deploy):
+def test_private_key_and_kubeconfig_are_the_only_secret_outputs(deploy):
     lab = deploy()
 
     async def check() -> None:
         await pulumi.Output.all(*[resource.urn for resource in lab.resources]).future()
         secret = {name for name, value in lab.outputs.items()
                   if await pulumi.Output.from_input(value).is_secret()}
-        assert secret == {"privateKey"}
+        assert secret == {"privateKey", "kubeconfig"}
         # The host keys' private halves travel in user data, which must stay secret too.
         for member in lab.namespace["nodes"].members:
             assert await member.instance.user_data.is_secret(), member.node.name
             assert await member.host_key.private_key_openssh.is_secret(), member.node.name
 
     return asyncio.ensure_future(check())
+
+
+# --- cluster bootstrap ---------------------------------------------------------------
+
+@pulumi.runtime.test
+def test_bootstrap_gets_each_nodes_address_and_pinned_host_key(deploy):
+    def check(lab: Deployment) -> None:
+        bootstrap = lab.one(BOOTSTRAP)
+        public_ips = {name: state["publicIp"] for name, state in instances(lab).items()}
+        assert bootstrap["nodes"] == [
+            {"name": node.name, "role": node.role, "publicIp": public_ips[node.name],
+             "sshPort": 22, "hostKey": fake_public_key(f"lab-{node.name}-host-key"),
+             "privateIp": str(node.private_ip), "podCidr": str(node.pod_cidr)}
+            for node in DEFAULT_PLAN.nodes]
+        assert bootstrap["sshUser"] == "ubuntu"
+        assert bootstrap["privateKey"] == lab.registered(PRIVATE_KEY)["lab-login-key"][
+            "privateKeyOpenssh"]
+        assert bootstrap["settings"]["kubernetes_version"] == "1.37"
+        assert bootstrap["version"] == installed_version(
+            make_plan(Settings(kubernetes_version="1.37")))
+        assert bootstrap["sshDeadlineSeconds"] == 180
+        assert bootstrap["__provider"]  # the pickled BootstrapProvider
+    return deploy({"kubernetesVersion": "1.37"}).check(check)
+
+
+@pulumi.runtime.test
+def test_bootstrap_key_is_a_secret_input_and_its_kubeconfig_a_secret_output(deploy):
+    def check(lab: Deployment) -> None:
+        urn = lab.urn_of(BOOTSTRAP, "lab-cluster")
+        assert "privateKey" in lab.monitor.secret_inputs[urn]
+        assert set(lab.monitor.additional_secret_outputs[urn]) == {"privateKey", "kubeconfig"}
+    return deploy().check(check)
+
+
+@pulumi.runtime.test
+def test_bootstrap_waits_for_the_nodes_and_pod_routes(deploy):
+    def check(lab: Deployment) -> None:
+        needed = {lab.urn_of(INSTANCE, f"lab-{name}") for name in DEFAULT_PLAN.node_names()}
+        needed |= {lab.urn_of(ROUTE, f"lab-pods-{name}") for name in DEFAULT_PLAN.node_names()}
+        assert needed <= set(lab.monitor.dependencies[lab.urn_of(BOOTSTRAP, "lab-cluster")])
+    return deploy().check(check)
+
+
+@pulumi.runtime.test
+def test_kubeconfig_output_is_the_bootstraps(deploy):
+    def check(outputs: dict) -> None:
+        assert outputs["kubeconfig"] == MOCK_KUBECONFIG
+    return deploy().check_outputs(check)
+
+
+@pulumi.runtime.test
+def test_bootstrap_false_registers_no_bootstrap_and_no_kubeconfig(deploy):
+    lab = deploy({"bootstrap": "false"})
+
+    def check(lab: Deployment) -> None:
+        assert lab.registered(BOOTSTRAP) == {}
+        assert "kubeconfig" not in lab.outputs
+        assert len(instances(lab)) == 3
+    return lab.check(check)
 
 
 @pytest.mark.parametrize(("config", "setting"), [
