@@ -52,7 +52,8 @@ def files_to_write(desired: Sequence[DesiredFile],
 def ensure_files(node: NodeSSH, desired: Sequence[DesiredFile]) -> tuple[list[str], list[str]]:
     """Upload the files that differ; returns (written paths, paths already up to date)."""
     stale = files_to_write(desired, [remote_file(node, wanted.path) for wanted in desired])
-    for wanted in stale:
-        node.put(wanted.path, wanted.data, wanted.mode, timeout=TRANSFER_TIMEOUT)
+    if stale:
+        node.put_files([(wanted.path, wanted.data, wanted.mode) for wanted in stale],
+                       timeout=TRANSFER_TIMEOUT)
     written = [wanted.path for wanted in stale]
     return written, [wanted.path for wanted in desired if wanted.path not in written]

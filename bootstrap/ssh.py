@@ -275,27 +275,23 @@ class NodeSSH:
     def put(self, path: str, data: bytes, mode: int = 0o644, *, timeout: float = 60) -> None:
         """Write a file atomically: upload to a temporary name, then rename over `path`.
         Parent directories are created. Non-root users stage in /tmp and finish with sudo."""
-        directory, base = posixpath.split(path)
+        self.put_files([(path, data, mode)], timeout=timeout)
+
+    def put_files(self, files: Sequence[tuple[str, bytes, int]], *,
+                  timeout: float = 60) -> None:
+        """`put` for several (path, data, mode) files; a non-root user finishes them all
+        with one sudo command instead of one each."""
         token = secrets.token_hex(4)
+        staged = [f"/tmp/.k8s-cni-lab-{token}-{index}" for index in range(len(files))]
         with self._lock:
             sftp = self._sftp_session(timeout)
             if self.access.user == "root":
-                _sftp_makedirs(sftp, directory)
-                staged = posixpath.join(directory, f".{base}.{token}.tmp")
-                _sftp_write(sftp, staged, data, mode)
-                try:
-                    sftp.posix_rename(staged, path)
-                except BaseException:
-                    _sftp_remove_quietly(sftp, staged)
-                    raise
+                for path, data, mode in files:
+                    _sftp_put_atomically(sftp, path, data, mode, token)
                 return
-            staged = f"/tmp/.k8s-cni-lab-{token}"
-            _sftp_write(sftp, staged, data, 0o600)
-        final_tmp = posixpath.join(directory, f".{base}.{token}.tmp")
-        self.run(f"install -D -m {mode:o} {shlex.quote(staged)} {shlex.quote(final_tmp)} "
-                 f"&& mv -f {shlex.quote(final_tmp)} {shlex.quote(path)}; "
-                 f"status=$?; rm -f {shlex.quote(staged)}; exit $status",
-                 timeout=timeout, quiet=True)
+            for (_, data, _), stage in zip(files, staged, strict=True):
+                _sftp_write(sftp, stage, data, 0o600)
+        self.run(_install_staged_command(files, staged, token), timeout=timeout, quiet=True)
 
     def read_file(self, path: str, *, timeout: float = 60) -> tuple[bytes, int] | None:
         """A file's content and permission bits over SFTP (no shell to start), or None if
@@ -455,6 +451,34 @@ def _sftp_write(sftp: paramiko.SFTPClient, path: str, data: bytes, mode: int) ->
     except BaseException:
         _sftp_remove_quietly(sftp, path)
         raise
+
+
+def _sftp_put_atomically(sftp: paramiko.SFTPClient, path: str, data: bytes, mode: int,
+                         token: str) -> None:
+    directory, base = posixpath.split(path)
+    _sftp_makedirs(sftp, directory)
+    staged = posixpath.join(directory, f".{base}.{token}.tmp")
+    _sftp_write(sftp, staged, data, mode)
+    try:
+        sftp.posix_rename(staged, path)
+    except BaseException:
+        _sftp_remove_quietly(sftp, staged)
+        raise
+
+
+def _install_staged_command(files: Sequence[tuple[str, bytes, int]], staged: Sequence[str],
+                            token: str) -> str:
+    """Move staged uploads into place as root: each through a temporary name beside its
+    target, then a rename, so readers never see half a file; the staged copies always go."""
+    q = shlex.quote
+    steps = []
+    for (path, _, mode), stage in zip(files, staged, strict=True):
+        directory, base = posixpath.split(path)
+        final_tmp = posixpath.join(directory, f".{base}.{token}.tmp")
+        steps.append(f"install -D -m {mode:o} {q(stage)} {q(final_tmp)} "
+                     f"&& mv -f {q(final_tmp)} {q(path)}")
+    cleanup = " ".join(q(stage) for stage in staged)
+    return f"{' && '.join(steps)}; status=$?; rm -f {cleanup}; exit $status"
 
 
 def _sftp_makedirs(sftp: paramiko.SFTPClient, directory: str) -> None:

@@ -60,6 +60,11 @@ class FakeNode:
         self.uploads.append(path)
         self.files[path] = (data, mode)
 
+    def put_files(self, files: Sequence[tuple[str, bytes, int]], *,
+                  timeout: float = 60) -> None:
+        for path, data, mode in files:
+            self.put(path, data, mode, timeout=timeout)
+
 
 @dataclass
 class FakeCluster:
