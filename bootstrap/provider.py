@@ -220,7 +220,7 @@ def input_problems(props: Mapping[str, Any]) -> list[tuple[str, str]]:
     try:
         inventory = inventory_of({**props, "privateKey": ""}, plan)
         check_inventory_matches_plan(plan, inventory)
-    except (InventoryError, KeyError, TypeError) as error:
+    except (KeyError, TypeError, ValueError) as error:  # InventoryError is a ValueError
         return [*problems, ("nodes", str(error) if isinstance(error, InventoryError)
                             else f"malformed node entry: {error!r}")]
     wrong_roles = [n.name for n in inventory.nodes if n.role != plan.node(n.name).role]
