@@ -302,8 +302,10 @@ PROVIDER_PICKLE = serialize_provider(BootstrapProvider())
 @pytest.fixture
 def provider_process() -> Iterator[tuple[provider_pb2_grpc.ResourceProviderStub,
                                          subprocess.Popen[bytes]]]:
-    """The dynamic provider host the engine starts, run from the project directory."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PULUMI_PROJECT": "k8s-cni-lab"}
+    """The dynamic provider host the engine starts in the project directory: the working
+    directory alone (no PYTHONPATH) must let it import bootstrap.provider to unpickle."""
+    env = {**os.environ, "PULUMI_PROJECT": "k8s-cni-lab"}
+    env.pop("PYTHONPATH", None)
     process = subprocess.Popen([sys.executable, "-m", "pulumi.dynamic"], cwd=ROOT, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
@@ -335,12 +337,16 @@ def unreachable_inputs(port: int, deadline: float) -> dict[str, Any]:
                                for n in props["nodes"]]}
 
 
+def configure(stub: provider_pb2_grpc.ResourceProviderStub) -> provider_pb2.ConfigureResponse:
+    """The engine's first call to a provider."""
+    return stub.Configure(provider_pb2.ConfigureRequest(
+        args=struct_pb2.Struct(), acceptSecrets=True, acceptResources=True))
+
+
 def test_grpc_configure_check_and_diff_with_an_unknown_input(provider_process: Any) -> None:
     stub, _ = provider_process
-    configured = stub.Configure(provider_pb2.ConfigureRequest(
-        args=struct_pb2.Struct(), acceptSecrets=True, acceptResources=True))
-    # So the engine sends plain values, which is why the tests below send no secret markers.
-    assert configured.acceptSecrets is False
+    # So the engine sends plain values, which is why these tests send no secret markers.
+    assert configure(stub).acceptSecrets is False
 
     checked = stub.Check(provider_pb2.CheckRequest(urn=URN, olds=struct_pb2.Struct(),
                                                    news=struct(inputs())))
@@ -368,6 +374,7 @@ def test_grpc_configure_check_and_diff_with_an_unknown_input(provider_process: A
 def test_grpc_create_against_an_unreachable_node_is_a_clean_error_then_delete(
         provider_process: Any, refused_port: int) -> None:
     stub, process = provider_process
+    configure(stub)
     props = unreachable_inputs(refused_port, deadline=1.5)
     started = time.monotonic()
     with pytest.raises(grpc.RpcError) as failed:
