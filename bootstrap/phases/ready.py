@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+
 from bootstrap.kubeadm import KUBECTL
 from bootstrap.phases.context import CloudContext
 from bootstrap.phases.workflow import Phase
@@ -15,6 +17,9 @@ def new_ready_phase() -> Phase[CloudContext]:
 
 
 def run_ready(context: CloudContext) -> None:
+    """Waits on the plan's nodes by name, not `--all`: a node removed from the plan may
+    linger in the API server, NotReady, until someone deletes it."""
     control_plane = context.ssh.node(context.plan.control_plane.name)
-    control_plane.run(f"{KUBECTL} wait --for=condition=Ready node --all "
+    names = " ".join(shlex.quote(f"node/{name}") for name in context.plan.node_names())
+    control_plane.run(f"{KUBECTL} wait --for=condition=Ready {names} "
                       f"--timeout={READY_TIMEOUT}s", timeout=READY_TIMEOUT + 30)

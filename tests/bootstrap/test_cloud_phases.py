@@ -266,6 +266,8 @@ def test_the_whole_cloud_workflow_then_a_rerun_that_changes_nothing(tmp_path: Pa
              "kubeadm init", "token create", "get nodes", "patch node worker-1", "wait --for"]
     positions = [next(i for i, c in enumerate(master) if step in c) for step in order]
     assert positions == sorted(positions)
+    wait = next(c for c in master if "wait --for" in c)  # the plan's nodes, not --all
+    assert "--all" not in wait and all(f"node/{n.name}" in wait for n in PLAN.nodes)
     assert "server: https://203.0.113.10:6443" in (tmp_path / "kubeconfig").read_text()
     first = {name: len(node.commands) for name, node in nodes.nodes.items()}
 
