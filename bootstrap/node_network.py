@@ -251,24 +251,30 @@ def _setup_bridge(address: str) -> str:
     sysfs = f"/sys/class/net/{BRIDGE}"
     return f"""\
 # The {BRIDGE} bridge, up, holding the pod gateway address and no other IPv4 address.
-if [ ! -e {sysfs} ]; then
-  ip link add name {bridge} type bridge; changed "created bridge {BRIDGE}"
-fi
-if [ ! -d {sysfs}/bridge ]; then
-  echo "node-network: {BRIDGE} exists but is not a bridge; remove it and re-run" >&2; exit 1
-fi
-has_gateway=no
-while read -r _ _ _ address _; do  # "5: cni0    inet 10.244.1.1/24 brd ..."
-  if [ -z "$address" ]; then continue; fi
-  if [ "$address" = {wanted} ]; then has_gateway=yes; continue; fi
-  ip addr del "$address" dev {bridge}; changed "removed $address from {BRIDGE}"
-done <<< "$(ip -4 -o addr show dev {bridge})"
-if [ "$has_gateway" = no ]; then
-  ip addr add {wanted} broadcast + dev {bridge}; changed "added {address} to {BRIDGE}"
-fi
-read -r flags < {sysfs}/flags
-if (( (flags & 1) == 0 )); then  # IFF_UP
-  ip link set dev {bridge} up; changed "set {BRIDGE} up"
+if [ ! -e {sysfs} ]; then  # first run: all three at once, in one process
+  ip -batch - <<'BATCH'
+link add name {BRIDGE} type bridge
+addr add {address} broadcast + dev {BRIDGE}
+link set dev {BRIDGE} up
+BATCH
+  changed "created bridge {BRIDGE} with {address}, up"
+else
+  if [ ! -d {sysfs}/bridge ]; then
+    echo "node-network: {BRIDGE} exists but is not a bridge; remove it and re-run" >&2; exit 1
+  fi
+  has_gateway=no
+  while read -r _ _ _ address _; do  # "5: cni0    inet 10.244.1.1/24 brd ..."
+    if [ -z "$address" ]; then continue; fi
+    if [ "$address" = {wanted} ]; then has_gateway=yes; continue; fi
+    ip addr del "$address" dev {bridge}; changed "removed $address from {BRIDGE}"
+  done <<< "$(ip -4 -o addr show dev {bridge})"
+  if [ "$has_gateway" = no ]; then
+    ip addr add {wanted} broadcast + dev {bridge}; changed "added {address} to {BRIDGE}"
+  fi
+  read -r flags < {sysfs}/flags
+  if (( (flags & 1) == 0 )); then  # IFF_UP
+    ip link set dev {bridge} up; changed "set {BRIDGE} up"
+  fi
 fi
 """
 

@@ -184,9 +184,10 @@ def _build(layout: Layout, options: LabOptions, console: Console,
     client_key = nodes.new_ed25519()
     host_keys = {node.name: nodes.prepare_disk(layout, node, client_key.public_line)
                  for node in layout.nodes}
-    for node in layout.nodes:
-        nodes.start_sshd(layout, node, options.user)
+    booting = {node.name: nodes.start_sshd(layout, node, options.user)
+               for node in layout.nodes}
     _start_internet_host(layout)
+    nodes.wait_booted(layout, booting)
     inventory = Inventory(
         nodes=tuple(NodeAccess(name=node.name, role=layout.plan.node(node.name).role,
                                host=str(node.public_ip), user=options.user,
@@ -194,7 +195,7 @@ def _build(layout: Layout, options: LabOptions, console: Console,
                                pod_cidr=str(node.pod_cidr))
                     for node in layout.nodes),
         private_key=client_key.private_openssh, cluster_cidr=str(layout.plan.pod_network))
-    # Local sshds start in milliseconds: poll them faster than EC2 instances.
+    # The nodes have booted: a connection that fails now is worth retrying soon.
     policy = ConnectPolicy(deadline=options.connect_deadline, first_delay=0.05, max_delay=1.0)
     ssh = ClusterSSH(inventory, policy=policy, client_factory=internet_client_factory(layout),
                      on_line=None)

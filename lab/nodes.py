@@ -11,12 +11,14 @@ from __future__ import annotations
 import shlex
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from bootstrap.errors import LabError
 from lab.layout import LabNode, Layout
 
 STATE_ROOT = Path("/run/k8s-cni-lab")
@@ -132,3 +134,25 @@ def start_sshd(layout: Layout, node: LabNode, login_user: str) -> subprocess.Pop
     )
     (directory / "sshd.pid").write_text(f"{process.pid}\n")  # for `python -m lab enter`
     return process
+
+
+SSHD_READY = b"Server listening on 0.0.0.0 port 22"
+
+
+def wait_booted(layout: Layout, booting: dict[str, subprocess.Popen[bytes]],
+                timeout: float = 30.0) -> None:
+    """Return once every node's sshd listens (its log says so): the instance has booted,
+    like an EC2 instance passing its status checks. A node whose boot failed is named."""
+    deadline = time.monotonic() + timeout
+    waiting = dict(booting)
+    while waiting:
+        for name, process in list(waiting.items()):
+            log = node_dir(layout.lab, name) / "sshd.log"
+            if SSHD_READY in log.read_bytes():
+                del waiting[name]
+            elif process.poll() is not None or time.monotonic() > deadline:
+                tail = log.read_text(errors="replace").strip().splitlines()[-5:]
+                raise LabError(f"node {name} did not boot (sshd "
+                               f"{'exited' if process.returncode is not None else 'silent'}): "
+                               + " | ".join(tail))
+        time.sleep(0.01)
