@@ -41,6 +41,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     enter = verbs.add_parser("enter", help="a shell on a node, or in a pod on that node")
     enter.add_argument("node")
     enter.add_argument("pod", nargs="?")
+    enter.add_argument("-c", "--command", help="run this (bash -c) instead of a shell")
     return parser.parse_args(argv)
 
 
@@ -74,7 +75,7 @@ def main(argv: list[str]) -> int:
         return cli.up(options, keep=args.keep, steps=args.steps, console=console)
     if args.verb == "down":
         return cli.down(args.name, console)
-    return cli.enter(args.name, args.node, args.pod, console)
+    return cli.enter(args.name, args.node, args.pod, args.command, console)
 
 
 if __name__ == "__main__":

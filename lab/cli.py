@@ -77,13 +77,15 @@ def down(name: str, console: Console) -> int:
     return 0
 
 
-def enter(name: str, node: str, pod: str | None, console: Console) -> int:
+def enter(name: str, node: str, pod: str | None, command: str | None,
+          console: Console) -> int:
     """A shell in the node's namespaces (net, mount, hostname), or in a pod's network."""
     pid_file = nodes.node_dir(name, node) / "sshd.pid"
     if not pid_file.exists():
         console.print(f"[red]no node {node} in a running lab {name}[/] (is it up with --keep?)")
         return 1
-    command = ["nsenter", "-t", pid_file.read_text().strip(), "-m", "-u", "-n"]
-    command += ["ip", "netns", "exec", pod, "bash"] if pod else ["bash"]
-    os.execvp(command[0], command)
+    argv = ["nsenter", "-t", pid_file.read_text().strip(), "-m", "-u", "-n"]
+    argv += ["ip", "netns", "exec", pod] if pod else []
+    argv += ["bash", "-c", command] if command else ["bash"]
+    os.execvp(argv[0], argv)
     return 0  # not reached

@@ -178,6 +178,11 @@ def test_the_cli_keeps_a_lab_that_another_process_removes_idempotently():
         assert kept.returncode == 0, kept.stdout + kept.stderr
         assert "pod to internet" in kept.stdout and "FAIL" not in kept.stdout
         assert f"--name {name} enter worker-1" in kept.stdout
+        on_node = lab_cli(name, "enter", "worker-1", "-c", "hostname; ip -4 -br addr show cni0")
+        assert on_node.stdout.split()[:4] == ["worker-1", "cni0", "UP", "10.244.1.1/24"]
+        in_pod = lab_cli(name, "enter", "worker-1", "bash-worker-1", "-c",
+                         "ip -4 -o addr show eth0")
+        assert " inet 10.244.1." in in_pod.stdout, in_pod.stderr
         pids = lab_pids(name)
         workloads = [pid for pid in pids
                      if b"echo_server.py" in Path(f"/proc/{pid}/cmdline").read_bytes()]
