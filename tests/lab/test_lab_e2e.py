@@ -172,7 +172,7 @@ def lab_cli(name: str, *args: str) -> subprocess.CompletedProcess[str]:
 def test_the_cli_keeps_a_lab_that_another_process_removes_idempotently():
     """`up --keep` exits leaving the lab running, as a crashed run would; `down`, in a new
     process with no memory of it, removes every process, namespace and file."""
-    name = lab_name()
+    name, pids = lab_name(), set()
     try:
         kept = lab_cli(name, "up", "--keep")
         assert kept.returncode == 0, kept.stdout + kept.stderr
