@@ -7,6 +7,7 @@ logged; host keys come from the inventory only (RejectPolicy, never AutoAddPolic
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
 import itertools
@@ -53,6 +54,7 @@ TIMEOUT_EXIT_CODES = (124, 137)
 KILL_AFTER_SECONDS = 5
 LOCAL_DEADLINE_MARGIN = KILL_AFTER_SECONDS + 5
 RECV_POLL_SECONDS = 1.0
+WITHHELD = "(output withheld: it may hold secrets)"
 # Everything that can happen while sshd is still starting, cloud-init is installing keys, or
 # the network is coming up. BadHostKeyException is an SSHException too: it is caught first.
 TRANSIENT_ERRORS = (OSError, EOFError, paramiko.SSHException)
@@ -220,10 +222,11 @@ class NodeSSH:
     # -- commands ---------------------------------------------------------------------------
 
     def run(self, command: str, *, timeout: float, check: bool = True,
-            stdin: bytes | None = None, quiet: bool = False) -> RunResult:
+            stdin: bytes | None = None, quiet: bool = False, secret: bool = False) -> RunResult:
         """Run a shell command (bash; via `sudo -n` unless the user is root), streaming its
         combined output line by line; CommandFailed on a non-zero exit unless check=False,
-        CommandTimeout when it runs longer than timeout seconds."""
+        CommandTimeout when it runs longer than timeout seconds. With secret=True the output
+        (a token, a credential) is returned but neither streamed nor put in any error."""
         if timeout <= 0:
             raise ValueError(f"command timeout must be positive, not {timeout}")
         log.debug("[%s] $ %s", self.name, command)
@@ -236,27 +239,34 @@ class NodeSSH:
             channel.set_combine_stderr(True)
             channel.exec_command(remote_command(command, user=self.access.user, timeout=timeout))
             _feed_stdin(channel, stdin)
-            output, exit_code = self._collect(channel, command, timeout, quiet)
+            output, exit_code = self._collect(channel, command, timeout, quiet or secret,
+                                              secret)
         finally:
             channel.close()
+        shown = WITHHELD if secret else output
         timed_out = exit_code in TIMEOUT_EXIT_CODES and time.monotonic() - started >= timeout
         if timed_out:
-            raise CommandTimeout(self.name, command, timeout, output)
+            raise CommandTimeout(self.name, command, timeout, shown)
         result = RunResult(self.name, command, exit_code, output)
         if check and not result.ok:
-            raise CommandFailed(result)
+            raise CommandFailed(RunResult(self.name, command, exit_code, shown))
         return result
 
     def _collect(self, channel: paramiko.Channel, command: str, timeout: float,
-                 quiet: bool) -> tuple[str, int]:
+                 quiet: bool, secret: bool) -> tuple[str, int]:
         """Read until EOF and the exit status, never past the local deadline."""
         deadline = time.monotonic() + timeout + LOCAL_DEADLINE_MARGIN
         sink = None if quiet else self._on_line
         lines = _LineSplitter(lambda line: sink(self.name, line) if sink else None)
+
+        def timed_out() -> CommandTimeout:
+            return CommandTimeout(self.name, command, timeout,
+                                  WITHHELD if secret else lines.text())
+
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise CommandTimeout(self.name, command, timeout, lines.text())
+                raise timed_out()
             channel.settimeout(min(remaining, RECV_POLL_SECONDS))
             try:
                 chunk = channel.recv(65536)
@@ -267,7 +277,7 @@ class NodeSSH:
             lines.feed(chunk)
         lines.finish()
         if not channel.status_event.wait(max(deadline - time.monotonic(), 0)):
-            raise CommandTimeout(self.name, command, timeout, lines.text())
+            raise timed_out()
         return lines.text(), channel.recv_exit_status()  # already received: cannot block
 
     # -- files ------------------------------------------------------------------------------
@@ -295,17 +305,31 @@ class NodeSSH:
 
     def read_file(self, path: str, *, timeout: float = 60) -> tuple[bytes, int] | None:
         """A file's content and permission bits over SFTP (no shell to start), or None if
-        there is no such file."""
+        there is no such file. A file the login user may not read (root's 0600
+        /etc/kubernetes/admin.conf) is read through sudo, its content kept out of errors."""
         with self._lock:
             sftp = self._sftp_session(timeout)
             try:
                 mode = sftp.stat(path).st_mode or 0
                 with sftp.open(path, "rb") as remote:
                     remote.prefetch()
-                    data = remote.read()
+                    return remote.read(), stat.S_IMODE(mode)
             except FileNotFoundError:
                 return None
-        return data, stat.S_IMODE(mode)
+            except PermissionError:
+                if self.access.user == "root":
+                    raise
+        return self._read_file_with_sudo(path, timeout)
+
+    def _read_file_with_sudo(self, path: str, timeout: float) -> tuple[bytes, int] | None:
+        q = shlex.quote(path)
+        # Mode and base64 on the last two lines: anything sudo prints first is skipped.
+        found = self.run(f"if [ -e {q} ]; then stat -c %a {q}; base64 -w0 {q}; echo; "
+                         "else echo missing; fi", timeout=timeout, secret=True)
+        lines = found.output.strip().splitlines()
+        if lines[-1:] == ["missing"]:
+            return None
+        return base64.b64decode(lines[-1]), int(lines[-2], 8)
 
     def exists(self, path: str, *, timeout: float = 60) -> bool:
         with self._lock:

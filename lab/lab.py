@@ -205,11 +205,23 @@ def _build(layout: Layout, options: LabOptions, console: Console,
 
 
 def _start_internet_host(layout: Layout) -> None:
-    log = (nodes.lab_dir(layout.lab) / "internet.log").open("ab")
-    subprocess.Popen(["ip", "netns", "exec", layout.internet_ns, "/usr/bin/python3", "-IS",
-                      str(ECHO_SERVER), "serve", "--port", str(INTERNET_ECHO_PORT),
-                      "--name", "internet"],
-                     stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+    with (nodes.lab_dir(layout.lab) / "internet.log").open("ab") as log:
+        subprocess.Popen(["ip", "netns", "exec", layout.internet_ns, "/usr/bin/python3", "-IS",
+                          str(ECHO_SERVER), "serve", "--port", str(INTERNET_ECHO_PORT),
+                          "--name", "internet"],
+                         stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                         start_new_session=True)
+    deadline = time.monotonic() + 10
+    while True:  # the checks need it answering
+        try:
+            connect_in_namespace(layout.internet_ns, str(INTERNET_HOST.ip), INTERNET_ECHO_PORT,
+                                 timeout=1).close()
+            return
+        except OSError as error:
+            if time.monotonic() > deadline:
+                raise LabError(f"the internet host's echo server did not start: {error}; "
+                               f"see {nodes.lab_dir(layout.lab) / 'internet.log'}") from None
+            time.sleep(0.02)
 
 
 def down(name: str) -> list[str]:

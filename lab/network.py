@@ -25,6 +25,8 @@ from lab.layout import (
     router_igw_addresses,
 )
 
+KILL_ROUNDS = 10
+
 
 class LabCommandError(LabError):
     """A command that builds or removes the simulated network failed."""
@@ -157,14 +159,14 @@ def namespace_pids(namespaces: Iterable[str]) -> set[int]:
             net_inodes.add(os.stat(f"/run/netns/{name}").st_ino)
         except FileNotFoundError:
             continue
-    procs = _all_namespaces_of_processes()
+    procs = process_namespaces()
     inside = {pid for pid, (net, _) in procs.items() if net in net_inodes}
     # 0 stands for the host's mount namespace: never a reason to kill a process.
     mounts = {procs[pid][1] for pid in inside} - {0}
     return inside | {pid for pid, (_, mnt) in procs.items() if mnt in mounts}
 
 
-def _all_namespaces_of_processes() -> dict[int, tuple[int, int]]:
+def process_namespaces() -> dict[int, tuple[int, int]]:
     host_mnts = {os.stat("/proc/self/ns/mnt").st_ino}
     with contextlib.suppress(OSError):  # pid 1 may be out of reach in a container
         host_mnts.add(os.stat("/proc/1/ns/mnt").st_ino)
@@ -202,9 +204,18 @@ def is_zombie(pid: int) -> bool:
 
 
 def destroy(lab: str) -> list[str]:
-    """Remove every process, namespace and link of the lab, idempotently; returns what went."""
+    """Remove every process, namespace and link of the lab, idempotently; returns what went.
+    Processes are scanned again until none is left: one may fork while we kill (an sshd
+    session, a pod's workload), and a survivor would keep a node's mounts alive."""
     namespaces = existing_namespaces(lab)
-    kill_processes(namespace_pids(namespaces))
+    for _ in range(KILL_ROUNDS):
+        survivors = namespace_pids(namespaces)
+        if not survivors:
+            break
+        kill_processes(survivors)
+    else:
+        raise LabCommandError(f"processes of lab {lab} survive SIGKILL: "
+                              f"{sorted(namespace_pids(namespaces))}")
     for namespace in namespaces:
         run(["ip", "netns", "del", namespace], check=False)
     return namespaces

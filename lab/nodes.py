@@ -126,12 +126,12 @@ def start_sshd(layout: Layout, node: LabNode, login_user: str) -> subprocess.Pop
     script = f"{boot_script(layout.lab, node.name, login_user)} && exec /usr/sbin/sshd -D " \
              f"-e -f {SSHD_DIR}/sshd_config"
     directory = node_dir(layout.lab, node.name)
-    log = (directory / "sshd.log").open("ab")
-    process = subprocess.Popen(
-        ["ip", "netns", "exec", node.namespace, "unshare", "--mount", "--uts",
-         "--propagation", "private", "/bin/sh", "-c", script],
-        stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-    )
+    with (directory / "sshd.log").open("ab") as log:  # the child keeps its own copy
+        process = subprocess.Popen(
+            ["ip", "netns", "exec", node.namespace, "unshare", "--mount", "--uts",
+             "--propagation", "private", "/bin/sh", "-c", script],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+        )
     (directory / "sshd.pid").write_text(f"{process.pid}\n")  # for `python -m lab enter`
     return process
 

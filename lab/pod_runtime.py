@@ -88,7 +88,10 @@ def run_pod(name: str, port: int) -> dict:
         pod["pid"] = workload.pid
         wait_listening(workload, pod["ip"], port)
     except BaseException:
-        remove_pod(pod, conflist)
+        try:
+            remove_pod(pod, conflist)
+        except Exception as cleanup:  # report both; the first failure is the one to fix
+            print(f"pod_runtime run: undoing {name} failed too: {cleanup}", file=sys.stderr)
         raise
     STATE_DIR.mkdir(parents=True, exist_ok=True)
     state_file(name).write_text(json.dumps(pod))
@@ -97,14 +100,13 @@ def run_pod(name: str, port: int) -> dict:
 
 def start_workload(name: str, port: int) -> subprocess.Popen[bytes]:
     LOG_DIR.mkdir(parents=True, exist_ok=True)
-    log = (LOG_DIR / f"{name}.log").open("ab")
     # nsenter, not `ip netns exec`: the workload must stay in the node's mount namespace,
     # which is how the lab finds (and stops) every process of a node.
-    process = subprocess.Popen(
-        ["nsenter", f"--net=/run/netns/{name}", "/usr/bin/python3", "-IS", str(WORKLOAD), "serve",
-         "--port", str(port), "--name", name],
-        stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
-    return process
+    with (LOG_DIR / f"{name}.log").open("ab") as log:  # the child keeps its own copy
+        return subprocess.Popen(
+            ["nsenter", f"--net=/run/netns/{name}", "/usr/bin/python3", "-IS", str(WORKLOAD),
+             "serve", "--port", str(port), "--name", name],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
 
 
 def wait_listening(workload: subprocess.Popen[bytes], ip: str, port: int,
@@ -144,9 +146,11 @@ def remove_pod(pod: dict, conflist: dict) -> None:
     if pod.get("pid"):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pod["pid"], signal.SIGTERM)
-    for plugin in reversed(conflist["plugins"]):
-        invoke(conflist, plugin, "DEL", pod, pod.get("result"))
-    subprocess.run(["ip", "netns", "del", pod["name"]], check=False, capture_output=True)
+    try:
+        for plugin in reversed(conflist["plugins"]):
+            invoke(conflist, plugin, "DEL", pod, pod.get("result"))
+    finally:  # a failed DEL must not also leak the namespace
+        subprocess.run(["ip", "netns", "del", pod["name"]], check=False, capture_output=True)
 
 
 def list_pods() -> list[dict]:

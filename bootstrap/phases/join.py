@@ -32,9 +32,9 @@ def run_join(context: CloudContext) -> None:
     if not pending:
         return
     control_plane = context.ssh.node(context.plan.control_plane.name)
-    # quiet: the output holds the token, which must not reach the log.
+    # secret: the output holds the token, which must reach neither the log nor an error.
     credentials = parse_join_command(control_plane.run(TOKEN_CREATE, timeout=60,
-                                                       quiet=True).output)
+                                                       secret=True).output)
     context.ssh.on_all(
         lambda node: join_node(node, context.inventory.node(node.name), credentials), pending)
 

@@ -4,11 +4,11 @@ every command, stdin and upload recorded. No SSH, no root."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from bootstrap.errors import CommandFailed
-from bootstrap.ssh import RunResult, for_each_node
+from bootstrap.ssh import WITHHELD, RunResult, for_each_node
 
 T = TypeVar("T")
 
@@ -38,7 +38,7 @@ class FakeNode:
         self.commands.append("<connect>")
 
     def run(self, command: str, *, timeout: float, check: bool = True,
-            stdin: bytes | None = None, quiet: bool = False) -> RunResult:
+            stdin: bytes | None = None, quiet: bool = False, secret: bool = False) -> RunResult:
         assert timeout > 0
         self.commands.append(command)
         self.stdins.append(stdin)
@@ -46,8 +46,8 @@ class FakeNode:
         if reply.creates:
             self.files[reply.creates] = (reply.content, 0o600)
         result = RunResult(self.name, command, reply.exit_code, reply.output)
-        if check and not result.ok:
-            raise CommandFailed(result)
+        if check and not result.ok:  # as NodeSSH does: a secret output stays out of errors
+            raise CommandFailed(replace(result, output=WITHHELD) if secret else result)
         return result
 
     def exists(self, path: str, *, timeout: float = 60) -> bool:

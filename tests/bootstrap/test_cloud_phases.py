@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bootstrap.errors import LabError
+from bootstrap.errors import CommandFailed, LabError
 from bootstrap.inventory import Inventory, inventory_from_plan
 from bootstrap.kubeadm import (
     ADMIN_KUBECONFIG,
@@ -208,6 +208,14 @@ def test_join_joins_only_pending_workers_and_never_logs_the_token(
     assert not [r for r in caplog.records if TOKEN in r.getMessage()]
     run_join(context(nodes, tmp_path))  # everyone joined: no new token, no join
     assert len(nodes.node("master").commands) == 1
+
+
+def test_a_failed_token_create_keeps_the_token_out_of_the_error(tmp_path: Path) -> None:
+    """kubeadm may print the join command and still fail: its output must not travel."""
+    nodes = cluster(master=[Reply("token create", 1, JOIN_COMMAND)])
+    with pytest.raises(CommandFailed) as failed:
+        run_join(context(nodes, tmp_path))
+    assert TOKEN not in str(failed.value) and "withheld" in str(failed.value)
 
 
 def test_pod_cidr_patches_empty_nodes_and_refuses_disagreement(tmp_path: Path) -> None:

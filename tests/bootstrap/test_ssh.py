@@ -75,6 +75,24 @@ def test_failing_command_raises_with_exit_code_and_output(sshd: TestSSHServer) -
     assert (unchecked.exit_code, unchecked.output) == (4, "soft\n")
 
 
+def test_secret_output_is_returned_but_never_streamed_nor_put_in_errors(
+        sshd: TestSSHServer) -> None:
+    lines: list[tuple[str, str]] = []
+    with cluster(sshd, lines=lines) as nodes:
+        node = nodes.node("node-a")
+        printed = "printf 'token-%s\\n' abc123"  # prints the secret without containing it
+        token = node.run(printed, timeout=10, secret=True)
+        with pytest.raises(CommandFailed) as failed:
+            node.run(f"{printed}; exit 2", timeout=10, secret=True)
+        with pytest.raises(CommandTimeout) as timed_out:
+            node.run(f"{printed}; sleep 5", timeout=1, secret=True)
+    assert token.output == "token-abc123\n"
+    assert lines == []
+    for error in (failed.value, timed_out.value):
+        assert "token-abc123" not in str(error) and "withheld" in str(error)
+    assert "token-abc123" not in failed.value.result.output
+
+
 def test_command_timeout_is_raised_and_kills_the_remote_command(sshd: TestSSHServer) -> None:
     marker = "31.4159"  # a sleep whose command line we can look for afterwards
     with cluster(sshd) as nodes:

@@ -9,6 +9,7 @@ import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -29,36 +30,53 @@ def lab_name() -> str:
     return "t" + secrets.token_hex(3)
 
 
-def lab_pids(name: str) -> set[int]:
-    """The lab's processes: its sshds and everything in their namespaces."""
-    return network.namespace_pids(network.existing_namespaces(name))
+@dataclass(frozen=True)
+class Footprint:
+    """What a running lab holds: its processes and the namespaces they live in."""
+
+    pids: frozenset[int]
+    net_namespaces: frozenset[int]  # inodes
+    mount_namespaces: frozenset[int]
 
 
-def assert_nothing_left(name: str, pids: set[int]) -> None:
-    assert pids, "the lab had processes to remove"
-    assert not [pid for pid in pids if os.path.exists(f"/proc/{pid}") and not
-                network.is_zombie(pid)], "processes of the lab survived"
+def footprint(name: str) -> Footprint:
+    namespaces = network.existing_namespaces(name)
+    pids = network.namespace_pids(namespaces)
+    seen = network.process_namespaces()
+    return Footprint(frozenset(pids),
+                     frozenset(os.stat(f"/run/netns/{ns}").st_ino for ns in namespaces),
+                     frozenset(seen[pid][1] for pid in pids if pid in seen) - {0})
+
+
+def assert_nothing_left(name: str, before: Footprint) -> None:
+    """No process in any of the lab's namespaces, no namespace, no mount, no file."""
+    assert before.pids and before.net_namespaces and before.mount_namespaces
+    alive = [pid for pid, (net, mnt) in network.process_namespaces().items()
+             if net in before.net_namespaces or mnt in before.mount_namespaces]
+    assert alive == [], "processes of the lab survived"
+    assert not [pid for pid in before.pids
+                if os.path.exists(f"/proc/{pid}") and not network.is_zombie(pid)]
     assert network.existing_namespaces(name) == []
+    assert f"/run/netns/{name}-" not in Path("/proc/self/mountinfo").read_text()
     assert not nodes.lab_dir(name).exists()
-    links = network.run(["ip", "-o", "link", "show"])
-    assert f"{name}-" not in links
 
 
 @pytest.fixture(scope="module")
 def running_lab() -> Iterator[local.LocalLab]:
     name = lab_name()
     console = Console(file=io.StringIO(), width=200)
-    pids: set[int] = set()
+    held: Footprint | None = None
     try:
         lab = local.build(local.LabOptions(name=name), console)
         with lab.ssh:
             local.bootstrap(lab)
             lab.start_pods()
-            pids = lab_pids(name)
+            held = footprint(name)
             yield lab
     finally:
         local.down(name)
-    assert_nothing_left(name, pids)
+    assert held is not None
+    assert_nothing_left(name, held)
 
 
 def failures(lab: local.LocalLab) -> dict[str, str]:
@@ -80,6 +98,11 @@ def test_the_bootstrap_logged_in_as_ubuntu_and_used_sudo(running_lab):
     assert owner.output == "root 755\nroot 644\nroot 755\n"
     staged = node.run("ls -A /tmp", timeout=30, quiet=True).output
     assert ".k8s-cni-lab" not in staged  # uploads staged for sudo are cleaned up
+    # A root-only file (as kubeadm's admin.conf is) is read through sudo; absent is None.
+    node.put("/etc/k8s-cni-lab/private.conf", b"key: not-for-ubuntu\n", 0o600)
+    assert node.read_file("/etc/k8s-cni-lab/private.conf") == (b"key: not-for-ubuntu\n", 0o600)
+    assert node.read_file("/etc/k8s-cni-lab/absent.conf") is None
+    node.run("rm /etc/k8s-cni-lab/private.conf", timeout=30)
 
 
 def test_pods_got_distinct_addresses_from_their_nodes_pod_cidr(running_lab):
@@ -147,10 +170,10 @@ def test_the_story_turns_each_failure_into_a_pass():
                           pod_routes=False)
         with lab.ssh:
             stages = story.replay(lab)
-            pids = lab_pids(name)
+            held = footprint(name)
     finally:
         local.down(name)
-    assert_nothing_left(name, pids)
+    assert_nothing_left(name, held)
     failing = [sorted(o.check.name for o in stage.outcomes if not o.passed) for stage in stages]
     across = ["node to pod", "pod to pod, across nodes", "pod to pod, across nodes (back)"]
     assert failing == [
@@ -172,7 +195,7 @@ def lab_cli(name: str, *args: str) -> subprocess.CompletedProcess[str]:
 def test_the_cli_keeps_a_lab_that_another_process_removes_idempotently():
     """`up --keep` exits leaving the lab running, as a crashed run would; `down`, in a new
     process with no memory of it, removes every process, namespace and file."""
-    name, pids = lab_name(), set()
+    name, held = lab_name(), None
     try:
         kept = lab_cli(name, "up", "--keep")
         assert kept.returncode == 0, kept.stdout + kept.stderr
@@ -183,13 +206,14 @@ def test_the_cli_keeps_a_lab_that_another_process_removes_idempotently():
         in_pod = lab_cli(name, "enter", "worker-1", "bash-worker-1", "-c",
                          "ip -4 -o addr show eth0")
         assert " inet 10.244.1." in in_pod.stdout, in_pod.stderr
-        pids = lab_pids(name)
-        workloads = [pid for pid in pids
+        held = footprint(name)
+        workloads = [pid for pid in held.pids
                      if b"echo_server.py" in Path(f"/proc/{pid}/cmdline").read_bytes()]
         assert len(workloads) == 5  # two pods on each worker, and the internet host
     finally:
         removed = lab_cli(name, "down")
     assert removed.returncode == 0 and f"{name}-router" in removed.stdout
-    assert_nothing_left(name, pids)
+    assert held is not None
+    assert_nothing_left(name, held)
     again = lab_cli(name, "down")
     assert again.returncode == 0 and "nothing to remove" in again.stdout
