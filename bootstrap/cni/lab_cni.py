@@ -707,11 +707,12 @@ def is_valid_id(text: str) -> bool:
 
 
 def is_valid_ifname(text: str) -> bool:
-    """The spec's (and the kernel's) rule for interface names."""
+    """The spec's (and the kernel's) rule for interface names, less the characters that
+    iproute2's batch mode reads as a comment or quoting (#, quotes, backslash)."""
     return (
         0 < len(text) <= 15
         and text not in (".", "..")
-        and not any(c in "/:" or c.isspace() for c in text)
+        and not any(c in "/:#'\"\\" or c.isspace() for c in text)
     )
 
 
@@ -1170,20 +1171,34 @@ def run(env: dict[str, str], stdin: str) -> tuple[dict | None, NetConf | None]:
 def write_log(log_file: str, line: str) -> None:
     """Best effort, size-bounded: past LOG_MAX_BYTES the file moves to <file>.1 (one kept)."""
     try:
-        if os.stat(log_file).st_size > LOG_MAX_BYTES:
-            os.replace(log_file, log_file + ".1")
-    except FileNotFoundError:
-        pass
-    except OSError as e:
-        os.write(2, f"lab-cni: cannot rotate log {log_file}: {e}\n".encode())
-    try:
-        fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        fd = open_log(log_file)
+        if os.fstat(fd).st_size > LOG_MAX_BYTES:
+            fd = rotate_log(log_file, fd)
         try:
             os.write(fd, line.encode())
         finally:
             os.close(fd)
     except OSError as e:
         os.write(2, f"lab-cni: cannot write log {log_file}: {e}\n".encode())
+
+
+def open_log(log_file: str) -> int:
+    return os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+
+
+def rotate_log(log_file: str, full: int) -> int:
+    """Move the full log to <file>.1 and open a fresh one. Rotations take the full file's
+    lock, and only a caller that still finds that file at the path moves it: two calls
+    rotating at once cannot push the kept log out with an almost empty one."""
+    import fcntl
+
+    try:
+        fcntl.flock(full, fcntl.LOCK_EX)
+        if os.stat(log_file).st_ino == os.fstat(full).st_ino:
+            os.replace(log_file, log_file + ".1")
+    finally:
+        os.close(full)  # and its lock
+    return open_log(log_file)
 
 
 def log_call(env: dict[str, str], log_file: str, outcome: str, started: float) -> None:

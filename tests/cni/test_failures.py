@@ -136,6 +136,7 @@ BAD_INPUTS: list[tuple[str, dict, Callable[[dict], dict] | str, int]] = [
     ("interface name with a slash", {"CNI_IFNAME": "eth/0"}, _set(), 4),
     ("interface name dot", {"CNI_IFNAME": "."}, _set(), 4),
     ("interface name with a colon", {"CNI_IFNAME": "eth0:1"}, _set(), 4),
+    ("interface name with a hash (iproute2 batch comment)", {"CNI_IFNAME": "eth#0"}, _set(), 4),
     ("missing netns on ADD", {"CNI_NETNS": None}, _set(), 4),
     ("missing CNI_PATH", {"CNI_PATH": None}, _set(), 4),
     ("unknown command", {"CNI_COMMAND": "FROB"}, _set(), 4),

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+from types import ModuleType
+
 import pytest
 
 from tests.cni.conftest import GATEWAY, Node
@@ -182,6 +186,20 @@ def test_log_is_size_bounded(node: Node) -> None:
 
     assert node.log_file.stat().st_size < 1000
     assert node.log_file.with_name(node.log_file.name + ".1").stat().st_size > 1 << 20
+
+
+def test_a_second_rotation_of_the_same_full_log_keeps_the_rotated_one(
+        plugin: ModuleType, tmp_path: Path) -> None:
+    """Two calls that both found the log full: the later one must not move the fresh log
+    over the rotated one (it finds another file at the path and leaves it)."""
+    log = tmp_path / "lab-cni.log"
+    log.write_bytes(b"old\n" * 300_000)
+    first, second = plugin.open_log(str(log)), plugin.open_log(str(log))
+    os.close(plugin.rotate_log(str(log), first))
+    plugin.write_log(str(log), "after the first rotation\n")
+    os.close(plugin.rotate_log(str(log), second))
+    assert log.with_name(log.name + ".1").read_bytes() == b"old\n" * 300_000
+    assert log.read_text() == "after the first rotation\n"
 
 
 def _dumps(conf: dict) -> str:
