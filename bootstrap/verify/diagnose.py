@@ -8,7 +8,7 @@ one sentence: forwarding off, FORWARD dropped, no NAT, NAT inside the cluster, n
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from bootstrap.verify.checks import Check, Outcome
@@ -53,9 +53,21 @@ def _matches_source(rule: str, pod_cidr: str) -> bool:
         return False
 
 
+def failure_causes(outcomes: Sequence[Outcome], read_facts: Callable[[], Mapping[str, NodeFacts]],
+                   routed: Mapping[str, bool]) -> dict[str, str]:
+    """The likely cause of each failed check, by name; the facts are read only on failure."""
+    failed = [outcome for outcome in outcomes if not outcome.passed]
+    if not failed:
+        return {}
+    facts = read_facts()
+    return {outcome.check.name: likely_cause(outcome, facts, routed) for outcome in failed}
+
+
 def likely_cause(outcome: Outcome, facts: Mapping[str, NodeFacts],
                  routed: Mapping[str, bool]) -> str:
-    """One sentence; `routed` says, per node, whether the VPC routes its pod CIDR to it."""
+    """One sentence; `routed` says, per node, whether the VPC routes its pod CIDR to it. A
+    node missing from `routed` is unknown (the cloud's route table is not visible from the
+    nodes): the sentence then names what to check instead of claiming a cause."""
     check = outcome.check
     if outcome.result.reached and not check.expect_reach:
         return f"{check.target.name} answered from the internet: the gateway must drop it"
@@ -76,6 +88,11 @@ def likely_cause(outcome: Outcome, facts: Mapping[str, NodeFacts],
     if check.target.kind == "pod" and target_node != check.source.node and \
             not routed.get(target_node or "", True):
         return f"no route: the VPC route table does not send {target_node}'s pod CIDR to it"
+    if check.target.kind == "pod" and target_node != check.source.node and \
+            target_node not in routed:
+        return f"{outcome.result.detail or 'no answer'}; the nodes' rules look right: check " \
+               f"the VPC route for {target_node}'s pod CIDR and that source/destination " \
+               "checking is off on both instances (not visible from the nodes)"
     source_facts = facts.get(check.source.node or "")
     if check.target.kind == "internet" and source_facts and not source_facts.masquerades_outbound:
         return f"no NAT on {check.source.node}: the internet gateway drops pod addresses"

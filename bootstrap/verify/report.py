@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping, Sequence
 
 from rich.console import Console
@@ -44,9 +45,21 @@ def story_table(stages: Sequence[tuple[str, Sequence[Outcome]]]) -> Table:
     return table
 
 
+def plain_text(table: Table, width: int = 140) -> str:
+    """The table without colours, for a log line or an error (Pulumi's stderr)."""
+    text = io.StringIO()
+    Console(file=text, width=width, color_system=None, highlight=False).print(table)
+    return "\n".join(line.rstrip() for line in text.getvalue().splitlines())
+
+
+def failure_lines(outcomes: Sequence[Outcome], causes: Mapping[str, str]) -> list[str]:
+    """One line per failed check: what was expected, what happened, and why."""
+    return [f"{outcome.check.name}: expected {outcome.check.expected}, got {outcome.observed}. "
+            f"Likely cause: {causes.get(outcome.check.name)}"
+            for outcome in outcomes if not outcome.passed]
+
+
 def print_failures(console: Console, outcomes: Sequence[Outcome],
                    causes: Mapping[str, str]) -> None:
-    for outcome in outcomes:
-        if not outcome.passed:
-            console.print(f"[red]x[/] {outcome.check.name}: expected {outcome.check.expected}, "
-                          f"got {outcome.observed}. Likely cause: {causes.get(outcome.check.name)}")
+    for line in failure_lines(outcomes, causes):
+        console.print(f"[red]x[/] {line}")

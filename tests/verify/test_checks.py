@@ -3,6 +3,8 @@
 from collections.abc import Sequence
 
 from bootstrap.verify.checks import (
+    ECHO_CLIENT,
+    ECHO_CLIENT_ARGV,
     Check,
     Endpoint,
     NodeInfo,
@@ -10,6 +12,8 @@ from bootstrap.verify.checks import (
     lab_checks,
     probe,
     run_checks,
+    seen_address,
+    with_client,
 )
 
 NODES = [NodeInfo("master", "10.0.1.10", "203.0.113.10", "10.244.0.1"),
@@ -91,3 +95,33 @@ def test_a_garbled_answer_counts_as_unreachable_with_the_text_kept():
 
     result = probe(Garbled(), check)
     assert not result.reached and "not json" in result.detail
+
+
+def test_a_plain_text_address_counts_as_what_the_target_saw():
+    """checkip.amazonaws.com answers with the caller's address as text, not JSON."""
+    assert seen_address("203.0.113.11\n") == "203.0.113.11"
+    assert seen_address('{"server": "nginx-worker-1", "client": "10.244.1.3"}\n') == "10.244.1.3"
+    for garbled in ("<html>not json</html>", "", "[1, 2]", '{"server": "x"}'):
+        try:
+            seen_address(garbled)
+        except (ValueError, KeyError, TypeError):
+            continue
+        raise AssertionError(f"{garbled!r} was accepted")
+
+
+def test_a_prober_can_start_the_echo_client_its_own_way():
+    check = lab_checks(NODES, PODS, INTERNET, 8080, 80)[1]
+    prober = ScriptedProber()
+    probe(prober, check)
+    argv = prober.calls[0][1]
+    assert argv[:3] == list(ECHO_CLIENT_ARGV) == ["/usr/bin/python3", "-IS", ECHO_CLIENT]
+    assert with_client(argv, ["python3", "/x.py"]) == ["python3", "/x.py", "fetch",
+                                                       "10.244.1.2", "8080", "--timeout", "2"]
+    ping = ["ping", "-n", "-q", "-c", "1", "-W", "1", "10.244.1.1"]
+    assert with_client(ping, ["python3"]) == ping
+
+
+def test_the_internet_to_pod_check_can_be_left_out():
+    kept = lab_checks(NODES, PODS, INTERNET, 8080, 80)
+    dropped = lab_checks(NODES, PODS, INTERNET, 8080, 80, internet_to_pod=False)
+    assert dropped == kept[:-1] and kept[-1].name == "internet to pod"

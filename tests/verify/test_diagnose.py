@@ -3,7 +3,7 @@
 import pytest
 
 from bootstrap.verify.checks import Endpoint, lab_checks, run_checks
-from bootstrap.verify.diagnose import NodeFacts, likely_cause, parse_node_facts
+from bootstrap.verify.diagnose import NodeFacts, failure_causes, likely_cause, parse_node_facts
 from tests.verify.test_checks import INTERNET, NODES, PODS, ScriptedProber
 
 CLUSTER = "10.244.0.0/16"
@@ -93,3 +93,30 @@ def test_nat_inside_the_cluster_is_named_as_such():
     outcome = outcomes_by_name(ScriptedProber(nat_inside=True))["pod to pod, across nodes"]
     cause = likely_cause(outcome, facts_everywhere(SEED_LAB_NAT), {})
     assert "NAT inside the cluster: worker-1" in cause and "! -d" in cause
+
+
+def test_an_unknown_route_is_named_as_what_to_check_not_as_the_cause():
+    """The cloud cannot read the VPC's route table from the nodes: `routed` is empty."""
+    outcome = outcomes_by_name(Silent())["pod to pod, across nodes"]
+    cause = likely_cause(outcome, facts_everywhere(HEALTHY), {})
+    assert cause.startswith("unreachable: timed out; the nodes' rules look right: check the "
+                            "VPC route for worker-2's pod CIDR")
+    assert "no route" not in cause
+    known = likely_cause(outcome, facts_everywhere(HEALTHY), {n.name: True for n in NODES})
+    assert known == "unreachable: timed out (no known cause matched)"  # the lab's as before
+
+
+def test_facts_are_read_only_when_a_check_failed():
+    reads = []
+
+    def read_facts():
+        reads.append(1)
+        return facts_everywhere(BARE)
+
+    passing = run_checks(ScriptedProber(), lab_checks(NODES, PODS, INTERNET, 8080, 80))
+    assert failure_causes(passing, read_facts, {}) == {} and reads == []
+    failing = run_checks(ScriptedProber(nat_inside=True),
+                         lab_checks(NODES, PODS, INTERNET, 8080, 80))
+    causes = failure_causes(failing, read_facts, {})
+    assert list(causes) == ["pod to pod, across nodes", "pod to pod, across nodes (back)"]
+    assert reads == [1]
