@@ -5,7 +5,8 @@ the project directory), which unpickles it from the `__provider` property by ref
 this module importable under this name, free of side effects and of pulumi_aws (slow import).
 
 - create and update run the idempotent cloud workflow and return the inputs, the admin
-  kubeconfig, the pod CIDR each node holds and the API server's address;
+  kubeconfig, the pod CIDR each node holds, the API server's address and the outcome of
+  each connectivity check (the verify phase, whose table goes to stderr);
 - diff compares the inputs, never the SSH deadline; only a new set of node names replaces;
 - delete runs nothing on the nodes: the instances go with the stack, and a replacement is
   created before the old resource is deleted, so a `kubeadm reset` here would wreck the new
@@ -42,13 +43,14 @@ from bootstrap.phases.context import PLUGIN_SOURCE, check_inventory_matches_plan
 from bootstrap.phases.node_network import node_network_files
 from bootstrap.phases.pod_cidr import KUBECTL_TIMEOUT
 from bootstrap.ssh import ClusterSSH, ConnectPolicy
+from bootstrap.verify.checks import Outcome
 from infra.plan import Node, Plan, PlanError, Settings, make_plan
 
 # Inputs that describe the cluster: a change to any of them re-runs the workflow.
 COMPARED_INPUTS = ("settings", "nodes", "sshUser", "privateKey", "version")
 # How long to wait for each node's sshd; operational, so changing it alone changes nothing.
 DEADLINE_INPUT = "sshDeadlineSeconds"
-OUTPUTS = ("kubeconfig", "podCidrs", "apiServer")
+OUTPUTS = ("kubeconfig", "podCidrs", "apiServer", "checks")
 SECRET_OUTPUTS = ["privateKey", "kubeconfig"]
 PROGRESS_LOGGER = "k8s_cni_lab.phases"
 
@@ -103,9 +105,11 @@ class BootstrapProvider(dynamic.ResourceProvider):
                                                         ConnectPolicy.deadline)))
         with tempfile.TemporaryDirectory(prefix="k8s-cni-lab-") as workdir, progress_lines():
             kubeconfig_path = Path(workdir) / "kubeconfig"
+            checked: list[Outcome] = []
             try:
                 with contextlib.closing(self._connect(inventory, policy)) as ssh:
-                    run_cloud_workflow(plan, inventory, kubeconfig_path=kubeconfig_path, ssh=ssh)
+                    run_cloud_workflow(plan, inventory, kubeconfig_path=kubeconfig_path, ssh=ssh,
+                                       on_checks=checked.extend)
                     pod_cidrs = read_pod_cidrs(ssh, plan)
             except LabError as error:
                 # from None: the chained causes would repeat the message in the traceback.
@@ -117,7 +121,8 @@ class BootstrapProvider(dynamic.ResourceProvider):
         control_plane = inventory.node(plan.control_plane.name)
         return {**{key: props[key] for key in (*COMPARED_INPUTS, DEADLINE_INPUT) if key in props},
                 "kubeconfig": kubeconfig, "podCidrs": pod_cidrs,
-                "apiServer": f"https://{control_plane.host}:{API_SERVER_PORT}"}
+                "apiServer": f"https://{control_plane.host}:{API_SERVER_PORT}",
+                "checks": check_verdicts(checked)}
 
 
 # -- the resource, as the Pulumi program declares it ---------------------------------------
@@ -147,6 +152,7 @@ class ClusterBootstrap(dynamic.Resource, module="bootstrap", name="ClusterBootst
     kubeconfig: pulumi.Output[str]  # the cluster admin's, server at the public address
     podCidrs: pulumi.Output[dict[str, str]]  # node name -> spec.podCIDR
     apiServer: pulumi.Output[str]  # https://<control plane public IP>:6443
+    checks: pulumi.Output[dict[str, str]]  # connectivity check -> "pass" or "fail"
 
     def __init__(self, name: str, args: ClusterBootstrapArgs,
                  opts: pulumi.ResourceOptions | None = None) -> None:
@@ -286,6 +292,12 @@ def _changed_paths(path: str, old: Any, new: Any) -> list[str]:
 
 
 # -- the cluster, after the workflow --------------------------------------------------------
+
+def check_verdicts(outcomes: Sequence[Outcome]) -> dict[str, str]:
+    """Check name -> "pass" or "fail". A failure stops the create, so a stored state holds
+    passes only; empty when the verify phase did not run."""
+    return {outcome.check.name: "pass" if outcome.passed else "fail" for outcome in outcomes}
+
 
 def read_pod_cidrs(ssh: ClusterSSH, plan: Plan) -> dict[str, str]:
     """spec.podCIDR of each planned node, as the API server has it."""

@@ -3,6 +3,7 @@ The cloud context is the local one plus where to write the operator's kubeconfig
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -10,7 +11,11 @@ from typing import Protocol
 from bootstrap.errors import InventoryError
 from bootstrap.inventory import Inventory
 from bootstrap.ssh import ClusterSSH
+from bootstrap.verify.checks import Outcome
 from infra.plan import Plan
+
+# Receives the verify phase's outcomes (the provider exposes them as an output).
+ChecksSink = Callable[[Sequence[Outcome]], None]
 
 # The plugin as written in this repository; nodes get it as /opt/cni/bin/lab-cni.
 PLUGIN_SOURCE = Path(__file__).resolve().parent.parent / "cni" / "lab_cni.py"
@@ -31,10 +36,13 @@ class LocalContext(Protocol):
 
 
 class CloudContext(LocalContext, Protocol):
-    """The cloud workflow also writes the operator's kubeconfig."""
+    """The cloud workflow also writes the operator's kubeconfig and reports its checks."""
 
     @property
     def kubeconfig_path(self) -> Path: ...
+
+    @property
+    def on_checks(self) -> ChecksSink: ...
 
 
 @dataclass(frozen=True)
@@ -45,9 +53,14 @@ class LocalData:
     plugin_source: Path = PLUGIN_SOURCE
 
 
+def ignore_checks(_outcomes: Sequence[Outcome]) -> None:
+    """The verify phase logs its table anyway; a caller may also want the outcomes."""
+
+
 @dataclass(frozen=True)
 class CloudData(LocalData):
     kubeconfig_path: Path = Path("kubeconfig")
+    on_checks: ChecksSink = ignore_checks
 
 
 def check_inventory_matches_plan(plan: Plan, inventory: Inventory) -> None:

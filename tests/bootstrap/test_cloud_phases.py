@@ -37,6 +37,7 @@ from bootstrap.phases.prerequisites import run_prerequisites
 from bootstrap.phases.wait_cloud_init import run_wait_cloud_init
 from bootstrap.phases.workflow import Runner
 from infra.plan import Settings, make_plan
+from tests.bootstrap.cloud_replies import healthy_verify_replies
 from tests.bootstrap.fakes import FakeCluster, FakeNode, Reply
 from tests.bootstrap.sshd import new_ed25519_key
 
@@ -248,7 +249,7 @@ def test_kubeconfig_is_written_private_and_rewritten_only_when_it_changes(
 
 
 def test_the_whole_cloud_workflow_then_a_rerun_that_changes_nothing(tmp_path: Path) -> None:
-    """All ten phases in order over fake nodes; then, with the nodes reporting the state the
+    """All eleven phases in order over fake nodes; then, with the nodes reporting the state the
     first run left, a second run writes, initialises, joins and patches nothing."""
     plugin = tmp_path / "lab_cni.py"
     plugin.write_bytes(b"plugin")
@@ -258,7 +259,8 @@ def test_the_whole_cloud_workflow_then_a_rerun_that_changes_nothing(tmp_path: Pa
         master=[facts, not_enabled, Reply("kubeadm version", 0, "v1.36.2\n"),
                 Reply("kubeadm init", creates=ADMIN_KUBECONFIG, content=ADMIN_CONF.encode()),
                 Reply("token create", 0, JOIN_COMMAND),
-                Reply("get nodes", 0, "master \nworker-1 \nworker-2 \n")],
+                Reply("get nodes", 0, "master \nworker-1 \nworker-2 \n"),
+                *healthy_verify_replies()],
         worker_1=[facts, not_enabled, Reply("kubeadm join", creates=KUBELET_KUBECONFIG)],
         worker_2=[facts, not_enabled, Reply("kubeadm join", creates=KUBELET_KUBECONFIG)])
     for node in nodes.nodes.values():
@@ -271,7 +273,8 @@ def test_the_whole_cloud_workflow_then_a_rerun_that_changes_nothing(tmp_path: Pa
     assert run() == [phase.name for phase in cloud_workflow()]
     master = nodes.node("master").commands
     order = ["<connect>", "cloud-init status --wait", "printf 'kubeadm", BOOT_COMMAND,
-             "kubeadm init", "token create", "get nodes", "patch node worker-1", "wait --for"]
+             "kubeadm init", "token create", "get nodes", "patch node worker-1", "wait --for",
+             "apply -f -", "exec bash-worker-1"]
     positions = [next(i for i, c in enumerate(master) if step in c) for step in order]
     assert positions == sorted(positions)
     wait = next(c for c in master if "wait --for" in c)  # the plan's nodes, not --all

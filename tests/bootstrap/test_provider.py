@@ -45,6 +45,7 @@ from bootstrap.provider import (
 )
 from bootstrap.ssh import ConnectPolicy
 from infra.plan import Settings, make_plan
+from tests.bootstrap.cloud_replies import healthy_verify_replies
 from tests.bootstrap.fakes import FakeCluster, FakeNode, Reply
 from tests.bootstrap.sshd import new_ed25519_key
 from tests.bootstrap.test_cloud_phases import ADMIN_CONF, JOIN_COMMAND, PUBLIC, TOKEN
@@ -96,7 +97,8 @@ def healthy_cluster() -> FakeCluster:
     nodes["master"].replies += [
         Reply("kubeadm version", 0, "v1.36.2\n"),
         Reply("kubeadm init", creates=ADMIN_KUBECONFIG, content=ADMIN_CONF.encode()),
-        Reply("token create", 0, JOIN_COMMAND), Reply("get nodes", 0, listing)]
+        Reply("token create", 0, JOIN_COMMAND), Reply("get nodes", 0, listing),
+        *healthy_verify_replies()]
     return FakeCluster(nodes)
 
 
@@ -138,6 +140,9 @@ def test_create_runs_the_cloud_workflow_and_returns_kubeconfig_and_pod_cidrs(
     assert kubeconfig["users"][0]["user"]["client-key-data"] == SECRET_KEY_DATA
     assert outs["podCidrs"] == PLANNED_CIDRS
     assert outs["apiServer"] == "https://203.0.113.10:6443"
+    assert outs["checks"] == dict.fromkeys(
+        ["pod to its gateway", "pod to pod, same node", "pod to pod, across nodes",
+         "pod to pod, across nodes (back)", "node to pod", "pod to internet"], "pass")
     assert {key: outs[key] for key in props} == props  # the inputs, for diff and delete
     (inventory, policy), = connections.calls
     assert policy.deadline == 42
@@ -149,6 +154,7 @@ def test_create_runs_the_cloud_workflow_and_returns_kubeconfig_and_pod_cidrs(
     stderr = capfd.readouterr().err
     assert "[bootstrap] [kubeadm-init] master: control plane v1.36.2 initialised" in stderr
     assert "[bootstrap] [join] worker-2: joined 10.0.1.10:6443" in stderr
+    assert "[bootstrap] [verify] master: checks done\nConnectivity checks (cloud;" in stderr
     assert_no_secret(stderr)
 
 

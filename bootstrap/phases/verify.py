@@ -1,0 +1,84 @@
+"""verify: the seed lab's connectivity checks on the real cluster, the same table as `make lab`.
+
+Applies the four test pods (bootstrap/verify/cloud.py), waits until they are Ready, reads
+their addresses, runs the shared checks through `kubectl exec`, logs the table and fails
+with every failed check and its likely cause. The VPC's routes cannot be read from the
+nodes, so no cause is ever blamed on them (`routed` is unknown).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from bootstrap.errors import LabError
+from bootstrap.phases.context import CloudContext
+from bootstrap.phases.workflow import Phase, log_step
+from bootstrap.ssh import NodeSSH
+from bootstrap.verify.checks import Outcome, PodInfo, run_checks
+from bootstrap.verify.cloud import (
+    ECHO_SOURCE,
+    LEFT_OUT,
+    NAMESPACE,
+    KubectlProber,
+    apply_command,
+    checked_workers,
+    cloud_checks,
+    list_pods_command,
+    parse_pods,
+    read_node_facts,
+    render_manifests,
+    wait_command,
+)
+from bootstrap.verify.diagnose import failure_causes
+from bootstrap.verify.report import failure_lines, outcome_table, plain_text
+
+NAME = "verify"
+POD_READY_TIMEOUT = 180  # pulling the image on a fresh node takes most of it
+KUBECTL_TIMEOUT = 60
+
+
+def new_verify_phase() -> Phase[CloudContext]:
+    return Phase(NAME, "Run the connectivity checks from test pods and print the table",
+                 run=run_verify, run_if=has_two_workers)
+
+
+def has_two_workers(context: CloudContext) -> bool:
+    """Across-node checks need two workers, as in the seed lab."""
+    return len(checked_workers(context.plan)) == 2
+
+
+def run_verify(context: CloudContext) -> None:
+    control_plane = context.ssh.node(context.plan.control_plane.name)
+    echo_source = ECHO_SOURCE.read_bytes()
+    pods = deploy_test_pods(control_plane, checked_workers(context.plan), echo_source)
+    checks = cloud_checks(context.plan, context.inventory, pods)
+    prober = KubectlProber(context.ssh, control_plane.name, echo_source)
+    outcomes = run_checks(prober, checks)
+    causes = failure_causes(outcomes, lambda: read_node_facts(context.ssh, context.plan),
+                            routed={})
+    table = outcome_table(outcomes, causes, title=f"Connectivity checks (cloud; {LEFT_OUT})")
+    log_step(NAME, control_plane.name, f"checks done\n{plain_text(table)}")
+    context.on_checks(outcomes)
+    raise_on_failure(outcomes, causes)
+
+
+def deploy_test_pods(control_plane: NodeSSH, workers: Sequence[str],
+                     echo_source: bytes) -> list[PodInfo]:
+    """Apply (idempotent), wait for Ready (bounded), and read the pods' addresses."""
+    manifests = render_manifests(workers, echo_source.decode())
+    control_plane.run(apply_command(), stdin=manifests.encode(), timeout=KUBECTL_TIMEOUT,
+                      quiet=True)
+    control_plane.run(wait_command(workers, POD_READY_TIMEOUT),
+                      timeout=POD_READY_TIMEOUT + KUBECTL_TIMEOUT, quiet=True)
+    listing = control_plane.run(list_pods_command(), timeout=KUBECTL_TIMEOUT, quiet=True)
+    pods = parse_pods(listing.output, workers)
+    log_step(NAME, control_plane.name, f"test pods Ready in namespace {NAMESPACE}: " +
+             ", ".join(f"{pod.name} {pod.ip}" for pod in pods))
+    return pods
+
+
+def raise_on_failure(outcomes: Sequence[Outcome], causes: dict[str, str]) -> None:
+    failures = failure_lines(outcomes, causes)
+    if failures:
+        raise LabError(f"{len(failures)} of {len(outcomes)} connectivity check(s) failed:\n" +
+                       "\n".join(f"- {line}" for line in failures))
