@@ -194,7 +194,16 @@ class KubectlProber:
             raise LabError(f"no way to probe from {source.name} in the cloud")
         result = self.ssh.node(node).run(command, timeout=PROBE_TIMEOUT, check=False,
                                          stdin=stdin, quiet=True)
-        return result.exit_code, result.output
+        return result.exit_code, without_exec_status(result.output)
+
+
+def without_exec_status(output: str) -> str:
+    """The probe's own output: kubectl exec's "command terminated with exit code N" last
+    line would otherwise stand in for the probe's reason (its exit code is kept)."""
+    lines = output.rstrip("\n").splitlines()
+    if lines and lines[-1].startswith("command terminated with exit code"):
+        lines.pop()
+    return "\n".join(lines)
 
 
 def exec_command(pod: str, argv: Sequence[str]) -> str:

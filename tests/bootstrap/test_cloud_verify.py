@@ -182,7 +182,8 @@ def test_no_answer_fails_each_check_named_with_a_cause_it_can_see(tmp_path: Path
     """No NAT on worker-1: the internet never answers. Across nodes, the nodes' rules are
     right, so the message points at what the nodes cannot show (the VPC), claiming nothing."""
     nodes = healthy(master=[Reply(replies.TO_INTERNET, 1, "unreachable: timed out\n"),
-                            Reply(replies.ACROSS, 1, "unreachable: timed out\n")],
+                            Reply(replies.ACROSS, 1, "unreachable: timed out\n"
+                                                     "command terminated with exit code 1\n")],
                     worker_1=[node_facts_reply("10.244.1.0/24", None)],
                     worker_2=[node_facts_reply("10.244.2.0/24")])
     nodes.node("master").replies.insert(0, node_facts_reply("10.244.0.0/24"))
