@@ -29,7 +29,8 @@ from bootstrap.verify.checks import (
     lab_checks,
     run_checks,
 )
-from bootstrap.verify.diagnose import FACTS_COMMAND, NodeFacts, likely_cause, parse_node_facts
+from bootstrap.verify.diagnose import failure_causes
+from bootstrap.verify.facts import read_node_facts
 from infra.plan import Plan, Settings, make_plan
 from lab import network, nodes
 from lab.layout import ECHO_PORT, INTERNET_ECHO_PORT, INTERNET_HOST, Layout, make_layout
@@ -96,17 +97,8 @@ class LocalLab:
         internet = Endpoint("internet", "internet", str(INTERNET_HOST.ip))
         checks = lab_checks(node_infos, self.pods, internet, ECHO_PORT, INTERNET_ECHO_PORT)
         outcomes = run_checks(LabProber(self), checks)
-        failed = [outcome for outcome in outcomes if not outcome.passed]
-        if not failed:
-            return outcomes, {}
-        facts, routed = self.node_facts(), self.routed()
-        return outcomes, {o.check.name: likely_cause(o, facts, routed) for o in failed}
-
-    def node_facts(self) -> dict[str, NodeFacts]:
-        outputs = self.ssh.on_all(lambda node: node.run(FACTS_COMMAND, timeout=30, quiet=True))
-        return {node.name: parse_node_facts(outputs[node.name].output, str(node.pod_cidr),
-                                            str(self.plan.pod_network))
-                for node in self.plan.nodes}
+        return outcomes, failure_causes(outcomes, lambda: read_node_facts(self.ssh, self.plan),
+                                        self.routed())
 
     def routed(self) -> dict[str, bool]:
         """Does the VPC route table send each node's pod CIDR to that node?"""

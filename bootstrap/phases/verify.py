@@ -25,11 +25,11 @@ from bootstrap.verify.cloud import (
     cloud_checks,
     list_pods_command,
     parse_pods,
-    read_node_facts,
     render_manifests,
     wait_command,
 )
 from bootstrap.verify.diagnose import failure_causes
+from bootstrap.verify.facts import read_node_facts
 from bootstrap.verify.report import failure_lines, outcome_table, plain_text
 
 NAME = "verify"

@@ -22,7 +22,7 @@ from typing import Any, Literal
 from bootstrap.errors import LabError
 from bootstrap.inventory import Inventory
 from bootstrap.kubeadm import KUBECTL
-from bootstrap.ssh import ClusterSSH, NodeSSH
+from bootstrap.ssh import ClusterSSH
 from bootstrap.verify.checks import (
     ECHO_CLIENT,
     Check,
@@ -32,7 +32,6 @@ from bootstrap.verify.checks import (
     lab_checks,
     with_client,
 )
-from bootstrap.verify.diagnose import FACTS_COMMAND, NodeFacts, parse_node_facts
 from infra.plan import Plan
 
 ECHO_SOURCE = Path(__file__).resolve().parents[2] / "lab" / "echo_server.py"
@@ -53,7 +52,6 @@ LEFT_OUT = "'internet to pod' is not run: there is no internet host of ours to s
 POD_CLIENT = (POD_PYTHON, "-IS", ECHO_CLIENT)
 NODE_CLIENT = ("/usr/bin/python3", "-IS", "-")
 PROBE_TIMEOUT = 30  # kubectl exec starts a process in the pod: allow for a slow API server
-FACTS_TIMEOUT = 30
 
 Role = Literal["web", "tools"]
 POD_ROLES: tuple[tuple[Role, str], ...] = (("web", "nginx"), ("tools", "bash"))  # seed names
@@ -208,18 +206,3 @@ def without_exec_status(output: str) -> str:
 
 def exec_command(pod: str, argv: Sequence[str]) -> str:
     return f"{KUBECTL} -n {NAMESPACE} exec {shlex.quote(pod)} -- {shlex.join(argv)}"
-
-
-def read_node_facts(ssh: ClusterSSH, plan: Plan) -> dict[str, NodeFacts]:
-    """FACTS_COMMAND on every node, parsed. A node that cannot tell is left out (unknown),
-    never read as bare: a cause must rest on facts that were seen."""
-    def facts_output(node: NodeSSH) -> str | None:
-        try:
-            result = node.run(FACTS_COMMAND, timeout=FACTS_TIMEOUT, check=False, quiet=True)
-        except LabError:
-            return None
-        return result.output if result.ok else None
-
-    outputs = ssh.on_all(facts_output)
-    return {node.name: parse_node_facts(output, str(node.pod_cidr), str(plan.pod_network))
-            for node in plan.nodes if (output := outputs.get(node.name)) is not None}
