@@ -50,3 +50,4 @@ if config.bootstrap:
         depends_on=[nodes, routes],
     ))
     pulumi.export("kubeconfig", cluster.kubeconfig)  # secret: additional_secret_outputs
+    pulumi.export("checks", cluster.checks)  # connectivity check -> "pass" / "fail"

@@ -437,9 +437,10 @@ def test_bootstrap_waits_for_the_nodes_and_pod_routes(deploy):
 
 
 @pulumi.runtime.test
-def test_kubeconfig_output_is_the_bootstraps(deploy):
+def test_kubeconfig_and_checks_outputs_are_the_bootstraps(deploy):
     def check(outputs: dict) -> None:
         assert outputs["kubeconfig"] == MOCK_KUBECONFIG
+        assert outputs["checks"] == {"pod to pod, across nodes": "pass"}
     return deploy().check_outputs(check)
 
 
@@ -449,7 +450,7 @@ def test_bootstrap_false_registers_no_bootstrap_and_no_kubeconfig(deploy):
 
     def check(lab: Deployment) -> None:
         assert lab.registered(BOOTSTRAP) == {}
-        assert "kubeconfig" not in lab.outputs
+        assert "kubeconfig" not in lab.outputs and "checks" not in lab.outputs
         assert len(instances(lab)) == 3
     return lab.check(check)
 
