@@ -18,7 +18,6 @@ from infra.plan import Plan
 
 # Documentation ranges (RFC 5737) for everything outside the VPC, so no lab packet can be
 # mistaken for, or leak to, a real address.
-INTERNET = IPv4Network("198.51.100.0/24")
 PUBLIC_IPS = IPv4Network("203.0.113.0/24")
 ROUTER_IGW_LINK = IPv4Network("192.0.2.0/30")
 INTERNET_HOST = IPv4Interface("198.51.100.1/24")

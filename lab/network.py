@@ -107,11 +107,6 @@ def add_pod_routes(layout: Layout) -> None:
                                 for node in layout.nodes])
 
 
-def remove_pod_routes(layout: Layout) -> None:
-    for node in layout.nodes:
-        run(["ip", "-n", layout.router_ns, "route", "del", str(node.pod_cidr)], check=False)
-
-
 def _build_igw(layout: Layout) -> None:
     router, _ = router_igw_addresses()
     ip_batch(None, [f"link add wan netns {layout.igw_ns} type veth peer name igw "
