@@ -55,6 +55,7 @@ KILL_AFTER_SECONDS = 5
 LOCAL_DEADLINE_MARGIN = KILL_AFTER_SECONDS + 5
 RECV_POLL_SECONDS = 1.0
 WITHHELD = "(output withheld: it may hold secrets)"
+PREFETCH_ABOVE = 64 * 1024
 # Everything that can happen while sshd is still starting, cloud-init is installing keys, or
 # the network is coming up. BadHostKeyException is an SSHException too: it is caught first.
 TRANSIENT_ERRORS = (OSError, EOFError, paramiko.SSHException)
@@ -310,10 +311,12 @@ class NodeSSH:
         with self._lock:
             sftp = self._sftp_session(timeout)
             try:
-                mode = sftp.stat(path).st_mode or 0
                 with sftp.open(path, "rb") as remote:
-                    remote.prefetch()
-                    return remote.read(), stat.S_IMODE(mode)
+                    attributes = remote.stat()
+                    size = attributes.st_size or 0
+                    if size > PREFETCH_ABOVE:  # pipelined reads; a thread is dear below
+                        remote.prefetch(size)
+                    return remote.read(), stat.S_IMODE(attributes.st_mode or 0)
             except FileNotFoundError:
                 return None
             except PermissionError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -137,6 +138,20 @@ def test_put_writes_atomically_with_mode_and_creates_directories(
     assert target.read_bytes() == b"v2\n"
     assert target.stat().st_mode & 0o7777 == 0o640
     assert sorted(p.name for p in target.parent.iterdir()) == ["plugin"]  # no temp files left
+
+
+@pytest.mark.parametrize("size", [0, 100, 300_000])  # empty, small, and a prefetched read
+def test_read_file_returns_content_and_mode_or_none(
+        sshd: TestSSHServer, tmp_path: Path, size: int) -> None:
+    data = os.urandom(size)
+    target = tmp_path / "fact"
+    target.write_bytes(data)
+    target.chmod(0o640)
+    with cluster(sshd) as nodes:
+        node = nodes.node("node-a")
+        assert node.read_file(str(target)) == (data, 0o640)
+        assert node.read_file(str(tmp_path / "absent")) is None
+        assert node.exists(str(target)) and not node.exists(str(tmp_path / "absent"))
 
 
 def test_connect_retries_until_a_late_sshd_answers(sshd_server: TestSSHServer) -> None:
