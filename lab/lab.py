@@ -82,9 +82,12 @@ class LocalLab:
                 started.append(PodInfo(pod, name, ip, role))  # type: ignore[arg-type]
             return started
 
-        workers = [node.name for node in self.plan.workers]
-        by_node = self.ssh.on_all(lambda node: start(node.name), workers)
-        self.pods = [pod for name in workers for pod in by_node[name]]
+        # The checks need pods on two nodes: with one worker, the control plane runs pods too
+        # (the lab's nodes have no taint to keep them off).
+        hosts = [node.name for node in self.plan.workers]
+        hosts += [self.plan.control_plane.name] if len(hosts) < 2 else []
+        by_node = self.ssh.on_all(lambda node: start(node.name), hosts)
+        self.pods = [pod for name in hosts for pod in by_node[name]]
         self.console.log("pods: " + ", ".join(f"{pod.name} {pod.ip}" for pod in self.pods))
         return self.pods
 

@@ -155,11 +155,15 @@ class NodeInfo:
 def lab_checks(nodes: Sequence[NodeInfo], pods: Sequence[PodInfo], internet: Endpoint,
                web_port: int, internet_port: int, *,
                internet_to_pod: bool = True) -> list[Check]:
-    """The seed lab's story on the first two workers: gateway, same node, across nodes,
-    node to pod, pod to internet, and internet to pod (which must fail; left out with
-    internet_to_pod=False where no internet host of ours can send the probe)."""
+    """The seed lab's story on the first two nodes that run pods (the first two workers):
+    gateway, same node, across nodes, node to pod, pod to internet, and internet to pod
+    (which must fail; left out with internet_to_pod=False where no internet host of ours
+    can send the probe)."""
     by_node = {node.name: node for node in nodes}
-    first, second = (node.name for node in nodes[1:3])
+    pod_nodes = list(dict.fromkeys(pod.node for pod in pods))
+    if len(pod_nodes) < 2:
+        raise ValueError(f"the checks need pods on two nodes, not on {pod_nodes}")
+    first, second = pod_nodes[:2]
 
     def pod(role: str, node: str) -> Endpoint:
         info = next(p for p in pods if p.role == role and p.node == node)
@@ -167,7 +171,9 @@ def lab_checks(nodes: Sequence[NodeInfo], pods: Sequence[PodInfo], internet: End
 
     tools, web, far_web = pod("tools", first), pod("web", first), pod("web", second)
     far_tools = pod("tools", second)
-    master = nodes[0]
+    # "Node to pod" starts on a node other than the target pod's: the control plane, unless
+    # that pod runs there (a two-node cluster).
+    master = next(node for node in nodes if node.name != second)
     node_ep = Endpoint("node", master.name, master.private_ip, master.name)
     gateway = Endpoint("node", f"{first} cni0", by_node[first].gateway, first)
     checks = [

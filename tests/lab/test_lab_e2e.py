@@ -161,6 +161,21 @@ def test_a_reboot_then_the_boot_unit_restores_every_check(running_lab):
     assert failures(running_lab) == {}
 
 
+def test_two_nodes_run_every_check_with_pods_on_the_control_plane():
+    name = lab_name()
+    try:
+        lab = local.build(local.LabOptions(name=name, node_count=2, user="root"),
+                          Console(file=io.StringIO()))
+        with lab.ssh:
+            local.bootstrap(lab)
+            assert {pod.node for pod in lab.start_pods()} == {"master", "worker-1"}
+            held = footprint(name)
+            assert failures(lab) == {}
+    finally:
+        local.down(name)
+    assert_nothing_left(name, held)
+
+
 def test_the_story_turns_each_failure_into_a_pass():
     name = lab_name()
     console = Console(file=io.StringIO(), width=200)

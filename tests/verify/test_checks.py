@@ -2,6 +2,8 @@
 
 from collections.abc import Sequence
 
+import pytest
+
 from bootstrap.verify.checks import (
     ECHO_CLIENT,
     ECHO_CLIENT_ARGV,
@@ -125,3 +127,20 @@ def test_the_internet_to_pod_check_can_be_left_out():
     kept = lab_checks(NODES, PODS, INTERNET, 8080, 80)
     dropped = lab_checks(NODES, PODS, INTERNET, 8080, 80, internet_to_pod=False)
     assert dropped == kept[:-1] and kept[-1].name == "internet to pod"
+
+
+def test_with_one_worker_the_control_plane_hosts_the_far_pods():
+    """Two nodes: pods on worker-1 and the master; "node to pod" then starts on worker-1."""
+    pods = [PodInfo("nginx-worker-1", "worker-1", "10.244.1.2", "web"),
+            PodInfo("bash-worker-1", "worker-1", "10.244.1.3", "tools"),
+            PodInfo("nginx-master", "master", "10.244.0.2", "web"),
+            PodInfo("bash-master", "master", "10.244.0.3", "tools")]
+    checks = {c.name: c for c in lab_checks(NODES[:2], pods, INTERNET, 8080, 80)}
+    assert checks["pod to pod, across nodes"].target.name == "nginx-master"
+    node_to_pod = checks["node to pod"]
+    assert (node_to_pod.source.name, node_to_pod.expect_seen) == ("worker-1", "10.0.1.11")
+
+
+def test_pods_on_a_single_node_cannot_make_the_checks():
+    with pytest.raises(ValueError, match="pods on two nodes"):
+        lab_checks(NODES, [p for p in PODS if p.node == "worker-1"], INTERNET, 8080, 80)
