@@ -21,13 +21,13 @@ from bootstrap.inventory import Inventory, NodeAccess
 from bootstrap.phases.local import run_local_workflow
 from bootstrap.ssh import ClusterSSH, ConnectPolicy
 from bootstrap.verify.checks import (
-    ECHO_CLIENT,
     Endpoint,
     NodeInfo,
     Outcome,
     PodInfo,
     lab_checks,
     run_checks,
+    with_client,
 )
 from bootstrap.verify.diagnose import failure_causes
 from bootstrap.verify.facts import read_node_facts
@@ -106,8 +106,8 @@ class LocalLab:
     def routed(self) -> dict[str, bool]:
         """Does the VPC route table send each node's pod CIDR to that node?"""
         table = network.run(["ip", "-n", self.layout.router_ns, "route", "show"])
-        routes = {line.split()[0]: line for line in table.splitlines() if line}
-        return {node.name: f"via {node.private_ip} " in routes.get(str(node.pod_cidr), "") + " "
+        routes = {line.split()[0]: f" {line} " for line in table.splitlines() if line}
+        return {node.name: f" via {node.private_ip} " in routes.get(str(node.pod_cidr), "")
                 for node in self.layout.nodes}
 
 
@@ -121,7 +121,7 @@ class LabProber:
     def run(self, source: Endpoint, argv: Sequence[str]) -> tuple[int, str]:
         if source.kind == "internet":
             # The internet host has no lab image: it runs the client from this checkout.
-            local = [str(ECHO_SERVER) if arg == ECHO_CLIENT else arg for arg in argv]
+            local = with_client(argv, ["/usr/bin/python3", "-IS", str(ECHO_SERVER)])
             done = subprocess.run(["ip", "netns", "exec", self.lab.layout.internet_ns, *local],
                                   capture_output=True, text=True, check=False,
                                   timeout=PROBE_TIMEOUT)
@@ -135,11 +135,14 @@ class LabProber:
         return result.exit_code, result.output
 
 
-def bootstrap(lab: LocalLab, *, only: Sequence[str] = (), skip: Sequence[str] = ()) -> None:
-    """The same bootstrap that configures EC2 instances, over the lab's SSH connections."""
+def bootstrap(lab: LocalLab, *, only: Sequence[str] = (),
+              skip: Sequence[str] = ()) -> list[str]:
+    """The same bootstrap that configures EC2 instances, over the lab's SSH connections;
+    returns the phases that ran."""
     started = time.monotonic()
     ran = run_local_workflow(lab.plan, lab.inventory, only=only, skip=skip, ssh=lab.ssh)
     lab.console.log(f"bootstrap: {', '.join(ran)} in {time.monotonic() - started:.1f} s")
+    return ran
 
 
 # -- building and removing ------------------------------------------------------------------

@@ -40,9 +40,7 @@ class Check:
 
     @property
     def expected(self) -> str:
-        if not self.expect_reach:
-            return "no answer"
-        return f"sees {self.expect_seen}" if self.expect_seen else "answers"
+        return describe(self.expect_reach, self.expect_seen)
 
 
 @dataclass(frozen=True)
@@ -67,9 +65,14 @@ class Outcome:
 
     @property
     def observed(self) -> str:
-        if not self.result.reached:
-            return "no answer"
-        return f"sees {self.result.seen}" if self.result.seen else "answers"
+        return describe(self.result.reached, self.result.seen)
+
+
+def describe(reached: bool, seen: str | None) -> str:
+    """An expectation or an observation, in the table's words."""
+    if not reached:
+        return "no answer"
+    return f"sees {seen}" if seen else "answers"
 
 
 class Prober(Protocol):

@@ -133,8 +133,9 @@ def node_state(lab: local.LocalLab, name: str) -> str:
 
 def test_node_network_applied_again_changes_nothing(running_lab):
     before = {name: node_state(running_lab, name) for name in running_lab.ssh.names()}
-    local.bootstrap(running_lab, only=("node-network",))
+    assert local.bootstrap(running_lab, only=("node-network",)) == ["node-network"]
     for name, state in before.items():
+        assert "-j LAB-FWD" in state and "MASQUERADE" in state, name  # applied, not empty
         assert node_state(running_lab, name).splitlines() == state.splitlines(), name
 
 
