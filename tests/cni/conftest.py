@@ -115,9 +115,12 @@ class Node:
         container_id = container_id or f"ctr-{pod}"
         return self.call_raw(self.env(command, pod, container_id, ifname), json.dumps(conf))
 
-    def spawn(self, command: str, conf: dict, pod: str) -> subprocess.Popen[str]:
-        env = self.env(command, pod, f"ctr-{pod}", "eth0")
-        return subprocess.Popen(
+    def spawn(self, command: str, conf: dict, pod: str,
+              container_id: str = "") -> subprocess.Popen[str]:
+        """Start a call and hand it its config at once, so that many run at the same time
+        (the plugin reads stdin before anything else); collect with communicate()."""
+        env = self.env(command, pod, container_id or f"ctr-{pod}", "eth0")
+        process = subprocess.Popen(
             self.argv(),
             env=env,
             stdin=subprocess.PIPE,
@@ -125,6 +128,11 @@ class Node:
             stderr=subprocess.PIPE,
             text=True,
         )
+        assert process.stdin is not None
+        process.stdin.write(json.dumps(conf))
+        process.stdin.close()
+        process.stdin = None  # sent: communicate() must not touch it again
+        return process
 
     def ip(self, *args: str, pod: str | None = None, check: bool = True) -> str:
         return sh("ip", "-n", pod or self.name, *args, check=check).stdout
@@ -157,6 +165,15 @@ class Node:
 def requires_root() -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root for network namespaces")
+
+
+def pod_ip(result: dict) -> str:
+    return result["ips"][0]["address"].split("/")[0]
+
+
+def state(node: Node, pod: str | None = None) -> tuple:
+    """Everything an ADD could leave behind: reservations, node links, pod links."""
+    return (node.reservations(), node.link_names(), node.link_names(pod) if pod else None)
 
 
 @pytest.fixture

@@ -46,6 +46,14 @@ def run_model(store: Any, ops: list[tuple[str, tuple[str, str]]]) -> list[object
     return outcomes
 
 
+def next_free_after(last: int | None, taken: set[int]) -> int:
+    """The round-robin rule, computed without the plugin: the first free host after the
+    last one handed out, wrapping around, never the gateway."""
+    hosts = [ip for ip in range(NETWORK + 1, BROADCAST) if ip != GATEWAY]
+    start = hosts.index(last) + 1 if last in hosts else 0
+    return next(ip for ip in hosts[start:] + hosts[:start] if ip not in taken)
+
+
 def allocate_one(store: Any, pool: Any, owned: dict, key: tuple[str, str]) -> object:
     last = store.last_reserved()
     try:
@@ -59,8 +67,8 @@ def allocate_one(store: Any, pool: Any, owned: dict, key: tuple[str, str]) -> ob
     assert key not in owned
     assert ip not in owned.values()
     assert NETWORK < ip < BROADCAST and ip != GATEWAY
-    free = [c for c in pool.candidates(last) if c not in owned.values()]
-    assert ip == free[0]  # round robin: the first free address after the last one handed out
+    assert ip == next_free_after(last, set(owned.values()))  # round robin
+
     owned[key] = ip
     return ip
 

@@ -13,14 +13,9 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.cni.conftest import Node, sh
+from tests.cni.conftest import Node, sh, state
 
 pytestmark = pytest.mark.root  # namespaces, veths and bridges: skipped unless root
-
-
-def state(node: Node, pod: str | None = None) -> tuple:
-    """Everything an ADD could leave behind: reservations, node links, pod links."""
-    return (node.reservations(), node.link_names(), node.link_names(pod) if pod else None)
 
 
 def assert_add_fails_cleanly(node: Node, conf: dict, pod: str, code: int) -> dict:

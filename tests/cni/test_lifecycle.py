@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from tests.cni.conftest import Node, sh
+from tests.cni.conftest import Node, pod_ip, sh
 
 pytestmark = pytest.mark.root  # namespaces, veths and bridges: skipped unless root
 
 CONCURRENT = 64
-
-
-def pod_ip(result: dict) -> str:
-    return result["ips"][0]["address"].split("/")[0]
 
 
 def test_pods_on_one_node_reach_each_other_through_the_bridge(node: Node) -> None:
@@ -35,10 +33,10 @@ def test_64_concurrent_adds_then_64_concurrent_dels(node: Node) -> None:
     pods = [node.add_pod() for _ in range(CONCURRENT)]
 
     adds = [node.spawn("ADD", conf, pod) for pod in pods]
-    outputs = [process.communicate(input=_dumps(conf)) for process in adds]
+    outputs = [process.communicate() for process in adds]
 
     assert [p.returncode for p in adds] == [0] * CONCURRENT, outputs
-    ips = [pod_ip(_loads(out)) for out, _ in outputs]
+    ips = [pod_ip(json.loads(out)) for out, _ in outputs]
     assert len(set(ips)) == CONCURRENT
     reservations = node.reservations()
     assert sorted(reservations) == sorted(ips)
@@ -46,11 +44,26 @@ def test_64_concurrent_adds_then_64_concurrent_dels(node: Node) -> None:
     assert len(node.veths()) == CONCURRENT
 
     dels = [node.spawn("DEL", conf, pod) for pod in pods]
-    outputs = [process.communicate(input=_dumps(conf)) for process in dels]
+    outputs = [process.communicate() for process in dels]
 
     assert [p.returncode for p in dels] == [0] * CONCURRENT, outputs
     assert node.reservations() == {}
     assert node.veths() == set()
+
+
+def test_racing_adds_of_one_attachment_reserve_it_once(node: Node) -> None:
+    """The same container ID and interface, ADDed at once into different pods: the store's
+    lock lets exactly one reserve; the others are duplicates and leave nothing."""
+    conf = node.config()
+    pods = [node.add_pod() for _ in range(16)]
+    adds = [node.spawn("ADD", conf, pod, container_id="racer") for pod in pods]
+    outputs = [process.communicate() for process in adds]
+
+    codes = sorted(0 if p.returncode == 0 else json.loads(out)["code"]
+                   for p, (out, _) in zip(adds, outputs, strict=True))
+    assert codes == [0] + [101] * 15, outputs
+    assert [owner for owner, *_ in node.reservations().values()] == ["racer"]
+    assert len(node.veths()) == 1
 
 
 def test_del_succeeds_without_a_netns_and_releases_the_address(node: Node) -> None:
@@ -123,6 +136,10 @@ def test_add_after_del_reuses_nothing_in_use(node: Node) -> None:
     assert not set(new_ips) & in_use
     assert new_ips == ["10.244.1.32", "10.244.1.33", "10.244.1.34"]  # round robin, no reuse yet
     assert len(node.reservations()) == 29 + 3
+    # Container IDs too: ...-p1 is a prefix of ...-p10 to ...-p19, which must stay reserved.
+    node.call("DEL", conf, pods[1])
+    assert sorted(node.reservations()) == sorted(
+        {ip for pod, ip in ips.items() if pod not in pods[:2]} | set(new_ips))
 
 
 def test_a_second_add_of_the_same_attachment_is_rejected(node: Node) -> None:
@@ -137,18 +154,6 @@ def test_a_second_add_of_the_same_attachment_is_rejected(node: Node) -> None:
     assert (node.reservations(), node.veths(), node.link_names(pod)) == before
 
 
-def _dumps(conf: dict) -> str:
-    import json
-
-    return json.dumps(conf)
-
-
-def _loads(text: str) -> dict:
-    import json
-
-    return json.loads(text)
-
-
 def test_a_netns_outside_run_netns_works_for_every_verb(node: Node) -> None:
     """Runtimes may pass any path (e.g. a bind mount elsewhere, /proc/PID/ns/net)."""
     pod = node.add_pod()
@@ -158,14 +163,14 @@ def test_a_netns_outside_run_netns_works_for_every_verb(node: Node) -> None:
     try:
         env = node.env("ADD", None, "ctr-elsewhere", "eth0") | {"CNI_NETNS": str(elsewhere)}
         conf = node.config()
-        added = node.call_raw(env, _dumps(conf))
+        added = node.call_raw(env, json.dumps(conf))
         assert added.returncode == 0, added.stdout
         assert "default via 10.244.1.1" in node.ip("route", pod=pod)
         checked = node.call_raw(
-            env | {"CNI_COMMAND": "CHECK"}, _dumps(conf | {"prevResult": added.json})
+            env | {"CNI_COMMAND": "CHECK"}, json.dumps(conf | {"prevResult": added.json})
         )
         assert checked.returncode == 0, checked.stdout
-        deleted = node.call_raw(env | {"CNI_COMMAND": "DEL"}, _dumps(conf))
+        deleted = node.call_raw(env | {"CNI_COMMAND": "DEL"}, json.dumps(conf))
         assert deleted.returncode == 0, deleted.stdout
         assert node.link_names(pod) == {"lo"}
     finally:

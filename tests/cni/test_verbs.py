@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-from tests.cni.conftest import GATEWAY, Node
+from tests.cni.conftest import GATEWAY, Node, pod_ip, sh
 
 pytestmark = pytest.mark.root  # namespaces, veths and bridges: skipped unless root
 
@@ -50,7 +51,7 @@ def test_add_check_del_round_trip(node: Node, version: str) -> None:
     pod_links = {link["ifname"]: link for link in node.links(pod)}
     assert pod_links["eth0"]["address"] == container["mac"]
     assert "default via 10.244.1.1 dev eth0" in node.ip("route", pod=pod)
-    ip = address["address"].split("/")[0]
+    ip = pod_ip(result)
     assert node.reservations() == {ip: [f"ctr-{pod}", "eth0", host["name"]]}
 
     checked = node.call("CHECK", conf | {"prevResult": result}, pod)
@@ -71,9 +72,9 @@ def test_add_check_del_round_trip(node: Node, version: str) -> None:
 @pytest.mark.parametrize("version", VERSIONS)
 def test_status_and_gc_exist_from_1_1_0(node: Node, version: str) -> None:
     conf = node.config(version)
-    status = node.call_raw(node.env("STATUS", None, "", ""), _dumps(conf))
+    status = node.call_raw(node.env("STATUS", None, "", ""), json.dumps(conf))
     gc_conf = conf | {"cni.dev/valid-attachments": []}
-    gc = node.call_raw(node.env("GC", None, "", ""), _dumps(gc_conf))
+    gc = node.call_raw(node.env("GC", None, "", ""), json.dumps(gc_conf))
     if version == "1.1.0":
         assert (status.returncode, status.stdout) == (0, "")
         assert (gc.returncode, gc.stdout) == (0, "")
@@ -85,7 +86,7 @@ def test_status_reports_an_exhausted_pool(node: Node) -> None:
     conf = node.config("1.1.0", subnet="10.244.1.0/30", clusterCidr="10.244.0.0/16")
     assert node.call("ADD", conf, node.add_pod()).returncode == 0
 
-    status = node.call_raw(node.env("STATUS", None, "", ""), _dumps(conf))
+    status = node.call_raw(node.env("STATUS", None, "", ""), json.dumps(conf))
 
     assert status.returncode != 0 and status.json["code"] == 50
 
@@ -99,11 +100,11 @@ def test_gc_keeps_valid_attachments_and_removes_the_rest(node: Node) -> None:
     keep = {"containerID": f"ctr-{pods[1]}", "ifname": "eth0"}
 
     gc = node.call_raw(
-        node.env("GC", None, "", ""), _dumps(conf | {"cni.dev/valid-attachments": [keep]})
+        node.env("GC", None, "", ""), json.dumps(conf | {"cni.dev/valid-attachments": [keep]})
     )
 
     assert gc.returncode == 0, gc.stdout
-    kept_ip = results[1]["ips"][0]["address"].split("/")[0]
+    kept_ip = pod_ip(results[1])
     assert set(node.reservations()) == {kept_ip}
     assert node.veths() == {results[1]["interfaces"][0]["name"]}
 
@@ -128,8 +129,14 @@ def test_check_reports_each_mismatch(node: Node) -> None:
     assert "default route" in _check_error(node, with_prev, pod)
     node.ip("addr", "del", address, "dev", "eth0", pod=pod)
     assert "lacks address" in _check_error(node, with_prev, pod)
-    node.ip("link", "del", "eth0", pod=pod)
-    assert "is missing" in _check_error(node, with_prev, pod)
+    # The pod's end moved away while the host end stays: the pod side is what is missing.
+    sh("ip", "netns", "add", f"{pod}-elsewhere")
+    try:
+        node.ip("link", "set", "eth0", "netns", f"{pod}-elsewhere", pod=pod)
+        assert "container interface 'eth0' is missing" in _check_error(node, with_prev, pod)
+    finally:
+        sh("ip", "netns", "del", f"{pod}-elsewhere")  # takes the pod's end, and the pair
+    assert f"host veth {host_veth!r} is missing" in _check_error(node, with_prev, pod)
     assert "needs prevResult" in node.call("CHECK", conf, pod).json["msg"]
 
 
@@ -202,7 +209,11 @@ def test_a_second_rotation_of_the_same_full_log_keeps_the_rotated_one(
     assert log.read_text() == "after the first rotation\n"
 
 
-def _dumps(conf: dict) -> str:
-    import json
-
-    return json.dumps(conf)
+@pytest.mark.parametrize("hairpin", [True, False])
+def test_mtu_and_hairpin_mode_are_applied(node: Node, hairpin: bool) -> None:
+    pod = node.add_pod()
+    result = node.call("ADD", node.config(mtu=1400, hairpinMode=hairpin), pod).json
+    host = next(link for link in node.links() if link["ifname"] == result["interfaces"][0]["name"])
+    container = next(link for link in node.links(pod) if link["ifname"] == "eth0")
+    assert (host["mtu"], container["mtu"]) == (1400, 1400)
+    assert host["linkinfo"]["info_slave_data"]["hairpin"] is hairpin
