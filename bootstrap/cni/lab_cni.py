@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # typing costs ~9 ms at start-up: only type checkers import i
         """What the allocator needs from persistence; the caller holds the store's lock."""
 
         def reserved(self) -> dict[int, Reservation]: ...
+        def get(self, ip: int) -> Reservation | None: ...
         def reserve(self, reservation: Reservation) -> bool: ...
         def release(self, ip: int) -> None: ...
         def last_reserved(self) -> int | None: ...
@@ -247,6 +248,13 @@ def release(store: Store, container_id: str, ifname: str) -> Reservation | None:
     return found
 
 
+def release_if_unchanged(store: Store, reservation: Reservation) -> None:
+    """Free the address unless it changed hands since it was read (a racing ADD may have
+    reserved it again while its old interface was being removed). Caller holds the lock."""
+    if store.get(reservation.ip) == reservation:
+        store.release(reservation.ip)
+
+
 class MemoryStore:
     """In-memory Store for allocator tests."""
 
@@ -256,6 +264,9 @@ class MemoryStore:
 
     def reserved(self) -> dict[int, Reservation]:
         return dict(self.entries)
+
+    def get(self, ip: int) -> Reservation | None:
+        return self.entries.get(ip)
 
     def reserve(self, reservation: Reservation) -> bool:
         if reservation.ip in self.entries:
@@ -333,6 +344,13 @@ class DiskStore:
                 continue  # the lock and last-reserved files
             found[ip] = self._read(name, ip)
         return found
+
+    def get(self, ip: int) -> Reservation | None:
+        """One reservation, without reading the others."""
+        try:
+            return self._read(format_ipv4(ip), ip)
+        except FileNotFoundError:
+            return None
 
     def _read(self, name: str, ip: int) -> Reservation:
         fields = read_small_file(os.path.join(self.dir, name)).split("\n")
@@ -1013,8 +1031,7 @@ def cmd_del(conf: NetConf, args: CallArgs) -> None:
             return
         unlist_host_veth(found.host_veth)  # its peer in the pod goes with it
         with conf.store() as store:
-            if store.reserved().get(found.ip) == found:  # not re-reserved by a racing ADD
-                store.release(found.ip)
+            release_if_unchanged(store, found)
     except OSError as e:
         raise CniError(ERR_IO, f"cannot update the address store: {e}") from None
 
@@ -1114,19 +1131,24 @@ def cmd_gc(conf: NetConf, args: CallArgs | None) -> None:
     """Release every reservation, and remove every port veth, not in the valid attachments."""
     require_version(conf, "1.1.0", "GC")
     valid = valid_attachments(conf.raw.get("cni.dev/valid-attachments"))
-    nl = Netlink()
     with conf.store() as store:
-        kept = set()
-        for reservation in store.reserved().values():
-            if reservation.key() in valid:
-                kept.add(reservation.host_veth)
-                continue
-            delete_host_veth(nl, reservation.host_veth)
-            store.release(reservation.ip)
+        stale = [r for r in store.reserved().values() if r.key() not in valid]
+    # Links go outside the lock (each deletion waits for the kernel), as in DEL; the
+    # addresses are freed after, and only if still held by the same attachment.
+    nl = Netlink()
+    for reservation in stale:
+        delete_host_veth(nl, reservation.host_veth)
+    with conf.store() as store:
+        for reservation in stale:
+            release_if_unchanged(store, reservation)
+        # A port no reservation names is a leftover; one named is a pod, perhaps an ADD
+        # in progress, so the list is made under the lock.
+        held = {r.host_veth for r in store.reserved().values()}
         bridge = nl.get_link(conf.bridge)
-        for port in nl.list_ports(bridge.index) if bridge else []:
-            if port.kind == "veth" and port.name not in kept:
-                delete_host_veth(nl, port.name)
+        strays = [port.name for port in (nl.list_ports(bridge.index) if bridge else [])
+                  if port.kind == "veth" and port.name not in held]
+    for name in strays:
+        delete_host_veth(nl, name)
 
 
 def valid_attachments(raw: object) -> set[tuple[str, str]]:

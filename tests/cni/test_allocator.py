@@ -5,6 +5,7 @@ No root needed: these import the plugin file as a module.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import itertools
 import json
@@ -168,3 +169,20 @@ def test_rollback_does_nothing_after_pop_all() -> None:
         rollback.callback(ran.append, "undo")
         rollback.pop_all()
     assert ran == []
+
+
+@pytest.mark.parametrize("kind", ["memory", "disk"])
+def test_release_if_unchanged_spares_an_address_that_changed_hands(
+        kind: str, tmp_path: Path) -> None:
+    store = lab_cni.MemoryStore() if kind == "memory" else lab_cni.DiskStore(str(tmp_path), "n")
+    old = lab_cni.Reservation(GATEWAY + 1, "old", "eth0", "veth1")
+    new = lab_cni.Reservation(GATEWAY + 1, "new", "eth0", "veth2")
+    with store if kind == "disk" else contextlib.nullcontext():
+        assert store.get(old.ip) is None
+        assert store.reserve(old) and store.get(old.ip) == old
+        store.release(old.ip)
+        assert store.reserve(new)  # a racing ADD took the address meanwhile
+        lab_cni.release_if_unchanged(store, old)
+        assert store.get(new.ip) == new
+        lab_cni.release_if_unchanged(store, new)
+        assert store.get(new.ip) is None and store.reserved() == {}
