@@ -9,6 +9,7 @@ machine load hits every plugin alike. Needs root.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import statistics
@@ -103,7 +104,7 @@ def sh(*argv: str) -> None:
 
 
 @contextmanager
-def namespaces(prefix: str) -> Iterator[list[str]]:
+def namespaces() -> Iterator[list[str]]:
     """Named network namespaces, always deleted, even when the benchmark fails."""
     created: list[str] = []
     try:
@@ -144,8 +145,6 @@ def plugin_env(contender: Contender, command: str, pod: str) -> dict[str, str]:
 
 
 def spawn(contender: Contender, command: str, pod: str) -> subprocess.Popen:
-    import json
-
     process = subprocess.Popen(
         contender.argv,
         env=plugin_env(contender, command, pod),
@@ -209,7 +208,7 @@ def p95(samples: list[float]) -> float:
 def render(contenders: list[Contender]) -> Table:
     """Every contender's numbers; each ratio is the installed lab-cni over that one."""
     ours, others = contenders[0], contenders[1:]
-    table = Table(title=f"CNI plugin latency, {SEQUENTIAL_CALLS} calls each (ms; ratio ours/ref)")
+    table = Table(title=f"CNI plugin latency, {SEQUENTIAL_CALLS} calls each (ms; ratio: lab-cni over that column)")
     table.add_column("metric")
     for c in contenders:
         table.add_column(c.label, justify="right")
@@ -233,7 +232,7 @@ def main() -> int:
         print("bench/cni.py needs root (network namespaces)", file=sys.stderr)
         return 2
     tag = uuid.uuid4().hex[:6]
-    with tempfile.TemporaryDirectory(prefix="lcni-bench-") as state, namespaces(tag) as created:
+    with tempfile.TemporaryDirectory(prefix="lcni-bench-") as state, namespaces() as created:
         contenders = make_contenders(Path(state))
         for i, c in enumerate(contenders):
             c.node = add_namespace(created, f"lcnib-{tag}-node{i}")
