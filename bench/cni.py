@@ -208,7 +208,8 @@ def p95(samples: list[float]) -> float:
 def render(contenders: list[Contender]) -> Table:
     """Every contender's numbers; each ratio is the installed lab-cni over that one."""
     ours, others = contenders[0], contenders[1:]
-    table = Table(title=f"CNI plugin latency, {SEQUENTIAL_CALLS} calls each (ms; ratio: lab-cni over that column)")
+    table = Table(title=f"CNI plugin latency, {SEQUENTIAL_CALLS} calls each "
+                        "(ms; ratio: lab-cni over that column)")
     table.add_column("metric")
     for c in contenders:
         table.add_column(c.label, justify="right")
