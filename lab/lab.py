@@ -26,7 +26,9 @@ from bootstrap.verify.checks import (
     Outcome,
     PodInfo,
     lab_checks,
+    pod_hosts,
     run_checks,
+    seed_pods,
     with_client,
 )
 from bootstrap.verify.diagnose import failure_causes
@@ -71,21 +73,18 @@ class LocalLab:
     # -- pods -------------------------------------------------------------------------------
 
     def start_pods(self) -> list[PodInfo]:
-        """A web pod and a tools pod on each worker, like the seed lab's deploy.yaml."""
+        """The seed lab's pods (deploy.yaml), through the runtime stand-in on their nodes.
+        With one worker the control plane runs pods too: lab nodes have no taint."""
         def start(name: str) -> list[PodInfo]:
             started = []
-            for role, prefix in (("web", "nginx"), ("tools", "bash")):
-                pod = f"{prefix}-{name}"
-                result = self.ssh.node(name).run(f"{RUNTIME} run {pod} --port {ECHO_PORT}",
+            for pod in (pod for pod in seed_pods(hosts) if pod.node == name):
+                result = self.ssh.node(name).run(f"{RUNTIME} run {pod.name} --port {ECHO_PORT}",
                                                  timeout=60, quiet=True)
                 ip = json.loads(result.output.strip().splitlines()[-1])["ip"]
-                started.append(PodInfo(pod, name, ip, role))  # type: ignore[arg-type]
+                started.append(PodInfo(pod.name, name, ip, pod.role))
             return started
 
-        # The checks need pods on two nodes: with one worker, the control plane runs pods too
-        # (the lab's nodes have no taint to keep them off).
-        hosts = [node.name for node in self.plan.workers]
-        hosts += [self.plan.control_plane.name] if len(hosts) < 2 else []
+        hosts = pod_hosts(self.plan)
         by_node = self.ssh.on_all(lambda node: start(node.name), hosts)
         self.pods = [pod for name in hosts for pod in by_node[name]]
         self.console.log("pods: " + ", ".join(f"{pod.name} {pod.ip}" for pod in self.pods))

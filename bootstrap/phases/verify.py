@@ -14,14 +14,13 @@ from bootstrap.errors import LabError
 from bootstrap.phases.context import CloudContext
 from bootstrap.phases.workflow import Phase, log_step
 from bootstrap.ssh import NodeSSH
-from bootstrap.verify.checks import Outcome, PodInfo, run_checks
+from bootstrap.verify.checks import Outcome, PodInfo, pod_hosts, run_checks
 from bootstrap.verify.cloud import (
     ECHO_SOURCE,
     LEFT_OUT,
     NAMESPACE,
     KubectlProber,
     apply_command,
-    checked_workers,
     cloud_checks,
     list_pods_command,
     parse_pods,
@@ -43,14 +42,15 @@ def new_verify_phase() -> Phase[CloudContext]:
 
 
 def has_two_workers(context: CloudContext) -> bool:
-    """Across-node checks need two workers, as in the seed lab."""
-    return len(checked_workers(context.plan)) == 2
+    """The test pods run on workers only (no toleration for the control plane's taint), and
+    the cross-node checks need two of them, as in the seed lab."""
+    return len(context.plan.workers) >= 2
 
 
 def run_verify(context: CloudContext) -> None:
     control_plane = context.ssh.node(context.plan.control_plane.name)
     echo_source = ECHO_SOURCE.read_bytes()
-    pods = deploy_test_pods(control_plane, checked_workers(context.plan), echo_source)
+    pods = deploy_test_pods(control_plane, pod_hosts(context.plan), echo_source)
     checks = cloud_checks(context.plan, context.inventory, pods)
     prober = KubectlProber(context.ssh, control_plane.name, echo_source)
     outcomes = run_checks(prober, checks)

@@ -16,6 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from infra.plan import Plan
+
 EndpointKind = Literal["pod", "node", "internet"]
 
 
@@ -139,12 +141,36 @@ def _last_line(output: str) -> str:
     return lines[-1] if lines else ""
 
 
+Role = Literal["web", "tools"]
+POD_ROLES: tuple[tuple[Role, str], ...] = (("web", "nginx"), ("tools", "bash"))  # seed names
+
+
+@dataclass(frozen=True)
+class SeedPod:
+    name: str
+    role: Role
+    node: str
+
+
+def pod_hosts(plan: Plan) -> list[str]:
+    """The nodes that run the seed lab's pods: its two first workers or, in a cluster with
+    one worker, that worker and the control plane (cross-node checks need two nodes)."""
+    workers = [node.name for node in plan.workers[:2]]
+    return workers if len(workers) == 2 else [*workers, plan.control_plane.name]
+
+
+def seed_pods(hosts: Sequence[str]) -> list[SeedPod]:
+    """The seed lab's pods: a web (nginx-) and a tools (bash-) pod on each host."""
+    return [SeedPod(f"{prefix}-{host}", role, host) for host in hosts
+            for role, prefix in POD_ROLES]
+
+
 @dataclass(frozen=True)
 class PodInfo:
     name: str
     node: str
     ip: str
-    role: Literal["web", "tools"]
+    role: Role
 
 
 @dataclass(frozen=True)

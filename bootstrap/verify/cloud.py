@@ -15,9 +15,8 @@ import json
 import posixpath
 import shlex
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from bootstrap.errors import LabError
 from bootstrap.inventory import Inventory
@@ -29,7 +28,9 @@ from bootstrap.verify.checks import (
     Endpoint,
     NodeInfo,
     PodInfo,
+    SeedPod,
     lab_checks,
+    seed_pods,
     with_client,
 )
 from infra.plan import Plan
@@ -52,28 +53,6 @@ LEFT_OUT = "'internet to pod' is not run: there is no internet host of ours to s
 POD_CLIENT = (POD_PYTHON, "-IS", ECHO_CLIENT)
 NODE_CLIENT = ("/usr/bin/python3", "-IS", "-")
 PROBE_TIMEOUT = 30  # kubectl exec starts a process in the pod: allow for a slow API server
-
-Role = Literal["web", "tools"]
-POD_ROLES: tuple[tuple[Role, str], ...] = (("web", "nginx"), ("tools", "bash"))  # seed names
-
-
-@dataclass(frozen=True)
-class SeedPod:
-    name: str
-    role: Role
-    node: str
-
-
-def seed_pods(workers: Sequence[str]) -> list[SeedPod]:
-    """The seed lab's pods: a web (nginx-) and a tools (bash-) pod on each worker."""
-    return [SeedPod(f"{prefix}-{worker}", role, worker) for worker in workers
-            for role, prefix in POD_ROLES]
-
-
-def checked_workers(plan: Plan) -> list[str]:
-    """The two workers the checks use, as in the seed lab (lab_checks takes the same)."""
-    return [node.name for node in plan.workers[:2]]
-
 
 # -- manifests ----------------------------------------------------------------------------
 

@@ -12,8 +12,10 @@ from bootstrap.verify.checks import (
     NodeInfo,
     PodInfo,
     lab_checks,
+    pod_hosts,
     probe,
     run_checks,
+    seed_pods,
     seen_address,
     with_client,
 )
@@ -144,3 +146,11 @@ def test_with_one_worker_the_control_plane_hosts_the_far_pods():
 def test_pods_on_a_single_node_cannot_make_the_checks():
     with pytest.raises(ValueError, match="pods on two nodes"):
         lab_checks(NODES, [p for p in PODS if p.node == "worker-1"], INTERNET, 8080, 80)
+
+
+def test_pod_hosts_are_two_workers_or_the_only_worker_and_the_control_plane():
+    from infra.plan import Settings, make_plan
+
+    assert pod_hosts(make_plan(Settings(node_count=4))) == ["worker-1", "worker-2"]
+    assert pod_hosts(make_plan(Settings(node_count=2))) == ["worker-1", "master"]
+    assert [p.name for p in seed_pods(["worker-1"])] == ["nginx-worker-1", "bash-worker-1"]
