@@ -10,6 +10,7 @@ agree by construction (findings #9).
 from __future__ import annotations
 
 import re
+import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,10 +18,10 @@ import yaml
 
 from bootstrap.errors import LabError
 from bootstrap.inventory import NodeAccess
-from infra.plan import Plan
+from infra.cloud_init import SYSTEMD_CGROUP_LINE
+from infra.plan import API_SERVER_PORT, Plan
 
 KUBEADM_API = "kubeadm.k8s.io/v1beta4"
-API_SERVER_PORT = 6443
 CRI_SOCKET = "unix:///run/containerd/containerd.sock"
 ADMIN_KUBECONFIG = "/etc/kubernetes/admin.conf"
 KUBELET_KUBECONFIG = "/etc/kubernetes/kubelet.conf"
@@ -31,12 +32,13 @@ KUBEADM_INIT = "kubeadm init --config /dev/stdin --skip-token-print"
 KUBEADM_JOIN = "kubeadm join --config /dev/stdin"
 TOKEN_CREATE = "kubeadm token create --print-join-command --ttl 30m"
 # Prints "<name> <podCIDR>" per registered node ("<name> " when it has none).
+KUBECTL_TIMEOUT = 60  # one kubectl call against the API server
 NODE_CIDRS = (f"{KUBECTL} get nodes -o jsonpath="
               "'{range .items[*]}{.metadata.name}{\" \"}{.spec.podCIDR}{\"\\n\"}{end}'")
 PREREQUISITE_FACTS = (
     "printf 'kubeadm=%s\\n' \"$(kubeadm version -o short 2>&1)\"; "
     "printf 'systemd_cgroup=%s\\n' "
-    "\"$(containerd config dump 2>/dev/null | grep -Ec '^\\s*SystemdCgroup = true$')\"; "
+    f"\"$(containerd config dump 2>/dev/null | grep -Ec {shlex.quote(SYSTEMD_CGROUP_LINE)})\"; "
     "printf 'swap=%s\\n' \"$(swapon --noheadings | wc -l)\"")
 
 

@@ -35,22 +35,20 @@ from pulumi.runtime.rpc import UNKNOWN
 
 from bootstrap.errors import InventoryError, LabError
 from bootstrap.inventory import Inventory, NodeAccess
-from bootstrap.kubeadm import API_SERVER_PORT, NODE_CIDRS, parse_node_cidrs
 from bootstrap.node_network import NODE_FILES
 from bootstrap.phases.cloud import run_cloud_workflow
 from bootstrap.phases.cni import cni_files, read_plugin
 from bootstrap.phases.context import PLUGIN_SOURCE, check_inventory_matches_plan
 from bootstrap.phases.node_network import node_network_files
-from bootstrap.phases.pod_cidr import KUBECTL_TIMEOUT
 from bootstrap.ssh import ClusterSSH, ConnectPolicy
 from bootstrap.verify.checks import Outcome
-from infra.plan import Node, Plan, PlanError, Settings, make_plan
+from infra.plan import API_SERVER_PORT, Node, Plan, PlanError, Settings, make_plan
 
 # Inputs that describe the cluster: a change to any of them re-runs the workflow.
 COMPARED_INPUTS = ("settings", "nodes", "sshUser", "privateKey", "version")
 # How long to wait for each node's sshd; operational, so changing it alone changes nothing.
 DEADLINE_INPUT = "sshDeadlineSeconds"
-OUTPUTS = ("kubeconfig", "podCidrs", "apiServer", "checks")
+OUTPUTS = ("kubeconfig", "apiServer", "checks")
 SECRET_OUTPUTS = ["privateKey", "kubeconfig"]
 PROGRESS_LOGGER = "k8s_cni_lab.phases"
 
@@ -110,7 +108,6 @@ class BootstrapProvider(dynamic.ResourceProvider):
                 with contextlib.closing(self._connect(inventory, policy)) as ssh:
                     run_cloud_workflow(plan, inventory, kubeconfig_path=kubeconfig_path, ssh=ssh,
                                        on_checks=checked.extend)
-                    pod_cidrs = read_pod_cidrs(ssh, plan)
             except LabError as error:
                 # from None: the chained causes would repeat the message in the traceback.
                 raise BootstrapFailed(
@@ -120,7 +117,7 @@ class BootstrapProvider(dynamic.ResourceProvider):
             kubeconfig = kubeconfig_path.read_text()
         control_plane = inventory.node(plan.control_plane.name)
         return {**{key: props[key] for key in (*COMPARED_INPUTS, DEADLINE_INPUT) if key in props},
-                "kubeconfig": kubeconfig, "podCidrs": pod_cidrs,
+                "kubeconfig": kubeconfig,
                 "apiServer": f"https://{control_plane.host}:{API_SERVER_PORT}",
                 "checks": check_verdicts(checked)}
 
@@ -150,7 +147,6 @@ class ClusterBootstrap(dynamic.Resource, module="bootstrap", name="ClusterBootst
     """A kubeadm cluster on existing nodes, made by the cloud workflow."""
 
     kubeconfig: pulumi.Output[str]  # the cluster admin's, server at the public address
-    podCidrs: pulumi.Output[dict[str, str]]  # node name -> spec.podCIDR
     apiServer: pulumi.Output[str]  # https://<control plane public IP>:6443
     checks: pulumi.Output[dict[str, str]]  # connectivity check -> "pass" or "fail"
 
@@ -229,9 +225,6 @@ def input_problems(props: Mapping[str, Any]) -> list[tuple[str, str]]:
     except (KeyError, TypeError, ValueError) as error:  # InventoryError is a ValueError
         return [*problems, ("nodes", str(error) if isinstance(error, InventoryError)
                             else f"malformed node entry: {error!r}")]
-    wrong_roles = [n.name for n in inventory.nodes if n.role != plan.node(n.name).role]
-    if wrong_roles:
-        problems.append(("nodes", f"role differs from the plan's for {', '.join(wrong_roles)}"))
     return problems
 
 
@@ -297,14 +290,6 @@ def check_verdicts(outcomes: Sequence[Outcome]) -> dict[str, str]:
     """Check name -> "pass" or "fail". A failure stops the create, so a stored state holds
     passes only; empty when the verify phase did not run."""
     return {outcome.check.name: "pass" if outcome.passed else "fail" for outcome in outcomes}
-
-
-def read_pod_cidrs(ssh: ClusterSSH, plan: Plan) -> dict[str, str]:
-    """spec.podCIDR of each planned node, as the API server has it."""
-    control_plane = ssh.node(plan.control_plane.name)
-    listed = parse_node_cidrs(control_plane.run(NODE_CIDRS, timeout=KUBECTL_TIMEOUT,
-                                                quiet=True).output)
-    return {node.name: listed.get(node.name, "") for node in plan.nodes}
 
 
 def progress(message: str) -> None:

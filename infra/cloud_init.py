@@ -12,6 +12,9 @@ from dataclasses import dataclass
 
 import yaml
 
+# An ERE for the setting in containerd's effective config; the bootstrap checks it too.
+SYSTEMD_CGROUP_LINE = r"^\s*SystemdCgroup = true$"
+
 K8S_KEYRING = "/etc/apt/keyrings/kubernetes-apt-keyring.gpg"
 SETUP_SCRIPT = "/usr/local/sbin/lab-node-setup"
 # Loaded at every boot by systemd-modules-load: containerd's overlayfs snapshotter, and
@@ -116,7 +119,7 @@ apt-mark hold {kube_packages}
 systemctl restart containerd
 # Captured first: with pipefail, grep -q closing the pipe early would fail the check.
 effective_config=$(containerd config dump)
-if ! grep -Eq '^\\s*SystemdCgroup = true$' <<<"$effective_config"; then
+if ! grep -Eq {shlex.quote(SYSTEMD_CGROUP_LINE)} <<<"$effective_config"; then
   echo "containerd is not using SystemdCgroup = true; see /etc/containerd/config.toml" >&2
   exit 1
 fi

@@ -11,12 +11,11 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
-from infra.plan import Plan
+from infra.plan import API_SERVER_PORT, Plan
 from infra.tags import resource_tags
 
 ANYWHERE = "0.0.0.0/0"
 SSH_PORT = 22
-API_SERVER_PORT = 6443
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
-"""The stack outputs: what an operator pastes, and what the cloud bootstrap reads.
+"""The stack outputs: what an operator reads and pastes.
 
-`nodes` is the bootstrap's inventory (one entry per node, keyed by name); the flat maps
+`nodes` holds everything per node, keyed by name (to script against, e.g. an inventory for
+other tools; the bootstrap itself takes its inputs from the nodes directly); the flat maps
 repeat parts of it for people at a terminal (`pulumi stack output publicIpsByRole`).
 """
 

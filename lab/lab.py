@@ -17,7 +17,7 @@ import paramiko
 from rich.console import Console
 
 from bootstrap.errors import LabError
-from bootstrap.inventory import Inventory, NodeAccess
+from bootstrap.inventory import Inventory, inventory_from_plan
 from bootstrap.phases.local import run_local_workflow
 from bootstrap.ssh import ClusterSSH, ConnectPolicy
 from bootstrap.verify.checks import (
@@ -185,13 +185,9 @@ def _build(layout: Layout, options: LabOptions, console: Console,
                for node in layout.nodes}
     _start_internet_host(layout)
     nodes.wait_booted(layout, booting)
-    inventory = Inventory(
-        nodes=tuple(NodeAccess(name=node.name, role=layout.plan.node(node.name).role,
-                               host=str(node.public_ip), user=options.user,
-                               host_key=host_keys[node.name], private_ip=str(node.private_ip),
-                               pod_cidr=str(node.pod_cidr))
-                    for node in layout.nodes),
-        private_key=client_key.private_openssh, cluster_cidr=str(layout.plan.pod_network))
+    inventory = inventory_from_plan(
+        layout.plan, hosts={node.name: str(node.public_ip) for node in layout.nodes},
+        host_keys=host_keys, private_key=client_key.private_openssh, user=options.user)
     # The nodes have booted: a connection that fails now is worth retrying soon.
     policy = ConnectPolicy(deadline=options.connect_deadline, first_delay=0.05, max_delay=1.0)
     ssh = ClusterSSH(inventory, policy=policy, client_factory=internet_client_factory(layout),

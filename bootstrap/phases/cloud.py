@@ -38,9 +38,9 @@ def cloud_workflow() -> tuple[Phase[CloudContext], ...]:
             new_verify_phase())
 
 
-def run_cloud_workflow(plan: Plan, inventory: Inventory, *, kubeconfig_path: Path,
+def run_cloud_workflow(plan: Plan, inventory: Inventory, *, ssh: ClusterSSH,
+                       kubeconfig_path: Path,
                        only: Iterable[str] = (), skip: Iterable[str] = (),
-                       ssh: ClusterSSH | None = None,
                        plugin_source: Path = PLUGIN_SOURCE,
                        on_checks: ChecksSink = ignore_checks) -> list[str]:
     """Run the cloud workflow, like run_local_workflow; also writes the admin kubeconfig

@@ -73,6 +73,9 @@ def check_inventory_matches_plan(plan: Plan, inventory: Inventory) -> None:
                              f"the plan's {plan.pod_network}")
     for access in inventory.nodes:
         planned = plan.node(access.name)
+        if access.role != planned.role:
+            raise InventoryError(f"node {access.name}: inventory has role {access.role}; "
+                                 f"the plan says {planned.role}")
         wanted = (str(planned.private_ip), str(planned.pod_cidr))
         if (access.private_ip, access.pod_cidr) != wanted:
             raise InventoryError(f"node {access.name}: inventory has private IP "

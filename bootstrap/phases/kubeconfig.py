@@ -7,9 +7,10 @@ import os
 from pathlib import Path
 
 from bootstrap.errors import LabError
-from bootstrap.kubeadm import ADMIN_KUBECONFIG, API_SERVER_PORT, operator_kubeconfig
+from bootstrap.kubeadm import ADMIN_KUBECONFIG, operator_kubeconfig
 from bootstrap.phases.context import CloudContext
 from bootstrap.phases.workflow import Phase, log_noop, log_step
+from infra.plan import API_SERVER_PORT
 
 NAME = "kubeconfig"
 

@@ -20,11 +20,11 @@ def local_workflow() -> tuple[Phase[LocalContext], ...]:
     return (new_wait_ssh_phase(), new_cni_phase(), new_node_network_phase())
 
 
-def run_local_workflow(plan: Plan, inventory: Inventory, *, only: Iterable[str] = (),
-                       skip: Iterable[str] = (), ssh: ClusterSSH | None = None,
+def run_local_workflow(plan: Plan, inventory: Inventory, *, ssh: ClusterSSH,
+                       only: Iterable[str] = (), skip: Iterable[str] = (),
                        plugin_source: Path = PLUGIN_SOURCE) -> list[str]:
-    """Run the local workflow; returns the phase paths that ran. Pass `ssh` to reuse (and
-    keep open) existing connections; otherwise they are opened lazily and closed at the end."""
+    """Run the local workflow over `ssh` (opened, and closed, by the caller); returns the
+    phase paths that ran."""
     return run_workflow(local_workflow(), plan, inventory, only=only, skip=skip, ssh=ssh,
                         make_data=lambda connections: LocalData(plan, inventory, connections,
                                                                 plugin_source))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from bootstrap.kubeadm import (
+    KUBECTL_TIMEOUT,
     NODE_CIDRS,
     parse_node_cidrs,
     pod_cidr_patch_command,
@@ -12,7 +13,6 @@ from bootstrap.phases.context import CloudContext
 from bootstrap.phases.workflow import Phase, log_noop, log_step
 
 NAME = "pod-cidr"
-KUBECTL_TIMEOUT = 60
 
 
 def new_pod_cidr_phase() -> Phase[CloudContext]:

@@ -1,5 +1,5 @@
-"""Running a workflow: check the inventory against the plan, open (or reuse) the SSH
-connections when the first phase needs them, run, and close what was opened here."""
+"""Running a workflow: check the inventory against the plan, then run the phases over the
+caller's SSH connections (the caller opens and closes them)."""
 
 from __future__ import annotations
 
@@ -16,19 +16,7 @@ ContextT = TypeVar("ContextT")
 
 
 def run_workflow(phases: Sequence[Phase[ContextT]], plan: Plan, inventory: Inventory, *,
-                 only: Iterable[str], skip: Iterable[str], ssh: ClusterSSH | None,
+                 only: Iterable[str], skip: Iterable[str], ssh: ClusterSSH,
                  make_data: Callable[[ClusterSSH], ContextT]) -> list[str]:
     check_inventory_matches_plan(plan, inventory)
-    opened: list[ClusterSSH] = []
-
-    def make_context() -> ContextT:
-        if ssh is not None:
-            return make_data(ssh)
-        opened.append(ClusterSSH(inventory))
-        return make_data(opened[0])
-
-    try:
-        return Runner(phases, make_context).run(only=only, skip=skip)
-    finally:
-        for connections in opened:
-            connections.close()
+    return Runner(phases, lambda: make_data(ssh)).run(only=only, skip=skip)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from bootstrap.errors import LabError
+from bootstrap.kubeadm import KUBECTL_TIMEOUT
 from bootstrap.phases.context import CloudContext
 from bootstrap.phases.workflow import Phase, log_step
 from bootstrap.ssh import NodeSSH
@@ -33,7 +34,6 @@ from bootstrap.verify.report import failure_lines, outcome_table, plain_text
 
 NAME = "verify"
 POD_READY_TIMEOUT = 180  # pulling the image on a fresh node takes most of it
-KUBECTL_TIMEOUT = 60
 
 
 def new_verify_phase() -> Phase[CloudContext]:

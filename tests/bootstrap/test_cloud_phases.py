@@ -288,7 +288,7 @@ def test_the_whole_cloud_workflow_then_a_rerun_that_changes_nothing(tmp_path: Pa
         f"{n.name} {n.pod_cidr}\n" for n in PLAN.nodes)))
     assert run() == [phase.name for phase in cloud_workflow()]
     for name, node in nodes.nodes.items():
-        assert set(node.uploads) == set(NODE_FILES.__dict__.values())  # each written once
+        assert sorted(node.uploads) == sorted(NODE_FILES.__dict__.values())  # each once
         again = node.commands[first[name]:]
         assert BOOT_COMMAND in again  # re-applied every time: it is idempotent
         assert not [c for c in again if any(word in c for word in (

@@ -118,7 +118,7 @@ def test_an_inventory_that_disagrees_with_the_plan_is_refused() -> None:
     names = PLAN.node_names()
     good = inventory_from_plan(PLAN, hosts=dict.fromkeys(names, "h"),
                                host_keys=dict.fromkeys(names, HOST_KEY), private_key="k")
-    moved = (*good.nodes[:2], _access("worker-2", pod_cidr="10.244.9.0/24",
+    moved = (*good.nodes[:2], _access("worker-2", role="worker", pod_cidr="10.244.9.0/24",
                                       private_ip="10.0.1.12"))
     with pytest.raises(InventoryError, match=r"worker-2: .* pod CIDR 10.244.9.0/24; the plan "
                                              r"says 10.0.1.12 and 10.244.2.0/24"):
@@ -126,6 +126,11 @@ def test_an_inventory_that_disagrees_with_the_plan_is_refused() -> None:
                                                      cluster_cidr=good.cluster_cidr))
     with pytest.raises(InventoryError, match="differ from the plan"):
         check_inventory_matches_plan(PLAN, Inventory(nodes=good.nodes[:2], private_key="k",
+                                                     cluster_cidr=good.cluster_cidr))
+    promoted = (*good.nodes[:2], _access("worker-2", private_ip="10.0.1.12",
+                                         pod_cidr="10.244.2.0/24"))  # role control-plane
+    with pytest.raises(InventoryError, match="worker-2: inventory has role control-plane"):
+        check_inventory_matches_plan(PLAN, Inventory(nodes=promoted, private_key="k",
                                                      cluster_cidr=good.cluster_cidr))
 
 

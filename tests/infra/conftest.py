@@ -63,7 +63,6 @@ class LabMocks(pulumi.runtime.Mocks):
             state["keyName"] = f"{args.name}-key"
         elif args.typ == BOOTSTRAP:  # what BootstrapProvider.create returns
             state["kubeconfig"] = MOCK_KUBECONFIG
-            state["podCidrs"] = {node["name"]: node["podCidr"] for node in args.inputs["nodes"]}
             state["checks"] = {"pod to pod, across nodes": "pass"}
         return f"{args.name}-id", state
 

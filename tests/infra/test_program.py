@@ -12,8 +12,9 @@ import pulumi
 import pytest
 import yaml
 
-from bootstrap.provider import installed_version
+from bootstrap.provider import OUTPUTS, installed_version
 from infra.plan import Settings, make_plan
+from tests.bootstrap.test_provider import inputs as provider_test_inputs
 from tests.infra.conftest import (
     AMI_ID,
     AMI_TOKEN,
@@ -415,6 +416,10 @@ def test_bootstrap_gets_each_nodes_address_and_pinned_host_key(deploy):
             make_plan(Settings(kubernetes_version="1.37")))
         assert bootstrap["sshDeadlineSeconds"] == 180
         assert bootstrap["__provider"]  # the pickled BootstrapProvider
+        # The provider's tests feed it input bags of this very shape.
+        sent = provider_test_inputs()
+        assert set(bootstrap) - {"__provider", *OUTPUTS} == set(sent)
+        assert set(bootstrap["nodes"][0]) == set(sent["nodes"][0])
     return deploy({"kubernetesVersion": "1.37"}).check(check)
 
 

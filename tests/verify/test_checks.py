@@ -19,6 +19,7 @@ from bootstrap.verify.checks import (
     seen_address,
     with_client,
 )
+from infra.plan import Settings, make_plan
 
 NODES = [NodeInfo("master", "10.0.1.10", "203.0.113.10", "10.244.0.1"),
          NodeInfo("worker-1", "10.0.1.11", "203.0.113.11", "10.244.1.1"),
@@ -149,8 +150,6 @@ def test_pods_on_a_single_node_cannot_make_the_checks():
 
 
 def test_pod_hosts_are_two_workers_or_the_only_worker_and_the_control_plane():
-    from infra.plan import Settings, make_plan
-
     assert pod_hosts(make_plan(Settings(node_count=4))) == ["worker-1", "worker-2"]
     assert pod_hosts(make_plan(Settings(node_count=2))) == ["worker-1", "master"]
     assert [p.name for p in seed_pods(["worker-1"])] == ["nginx-worker-1", "bash-worker-1"]
