@@ -25,7 +25,7 @@ def run_kubeconfig(context: CloudContext) -> None:
     found = context.ssh.node(access.name).read_file(ADMIN_KUBECONFIG)
     if found is None:
         raise LabError(f"{ADMIN_KUBECONFIG} does not exist on {access.name}: run kubeadm-init")
-    wanted = operator_kubeconfig(found[0].decode(), access)
+    wanted = operator_kubeconfig(found[0].decode(), access.name, access.host)
     path = context.kubeconfig_path
     if path.exists() and path.read_text() == wanted:
         log_noop(NAME, access.name, f"{path} is up to date")

@@ -8,11 +8,15 @@ from bootstrap.kubeadm import (
     parse_node_cidrs,
     pod_cidr_patch_command,
     pod_cidr_patches,
+    wait_for_nodes_command,
 )
 from bootstrap.phases.context import CloudContext
 from bootstrap.phases.workflow import Phase, log_noop, log_step
 
 NAME = "pod-cidr"
+# A kubelet registers its Node shortly after it joins; a Node still missing after this is
+# named in the phase's error.
+REGISTRATION_TIMEOUT = 180
 
 
 def new_pod_cidr_phase() -> Phase[CloudContext]:
@@ -22,6 +26,9 @@ def new_pod_cidr_phase() -> Phase[CloudContext]:
 
 def run_pod_cidr(context: CloudContext) -> None:
     control_plane = context.ssh.node(context.plan.control_plane.name)
+    # Not checked: pod_cidr_patches names each node that is still missing.
+    control_plane.run(wait_for_nodes_command(context.plan.node_names(), REGISTRATION_TIMEOUT),
+                      timeout=REGISTRATION_TIMEOUT + KUBECTL_TIMEOUT, check=False, quiet=True)
     listed = control_plane.run(NODE_CIDRS, timeout=KUBECTL_TIMEOUT, quiet=True)
     patches = pod_cidr_patches(context.plan, parse_node_cidrs(listed.output))
     for node in context.plan.nodes:

@@ -12,7 +12,8 @@ NAME = "prerequisites"
 
 
 def new_prerequisites_phase() -> Phase[CloudContext]:
-    return Phase(NAME, "Check kubeadm's version, containerd's cgroup driver and swap",
+    return Phase(NAME, "Check kubeadm's version, containerd's cgroup driver and CNI directory, "
+                 "the loopback plugin and swap",
                  run=run_prerequisites)
 
 
@@ -26,5 +27,5 @@ def check_prerequisites(node: NodeSSH, kubernetes_minor: str) -> None:
     problems = prerequisite_problems(facts, kubernetes_minor)
     if problems:
         raise LabError(f"node {node.name} is not ready for kubeadm: {'; '.join(problems)}")
-    log_step(NAME, node.name, f"kubeadm {facts['kubeadm']}, containerd with systemd cgroups, "
-             "swap off")
+    log_step(NAME, node.name, f"kubeadm {facts['kubeadm']}, containerd with systemd cgroups and "
+             "CNI plugins in /opt/cni/bin, loopback installed, swap off")

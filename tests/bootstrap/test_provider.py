@@ -32,7 +32,6 @@ from pulumi.runtime.proto import provider_pb2, provider_pb2_grpc
 from pulumi.runtime.sync_await import _sync_await
 
 from bootstrap.inventory import Inventory
-from bootstrap.kubeadm import ADMIN_KUBECONFIG, KUBELET_KUBECONFIG
 from bootstrap.provider import (
     BootstrapFailed,
     BootstrapProvider,
@@ -44,9 +43,10 @@ from bootstrap.provider import (
 from bootstrap.ssh import ConnectPolicy
 from infra.plan import Settings, make_plan
 from tests.bootstrap.cloud_replies import healthy_verify_replies
-from tests.bootstrap.fakes import FakeCluster, FakeNode, Reply
+from tests.bootstrap.fakes import FakeCluster, Reply
+from tests.bootstrap.simulated_cluster import simulated_cluster
 from tests.bootstrap.sshd import new_ed25519_key
-from tests.bootstrap.test_cloud_phases import ADMIN_CONF, JOIN_COMMAND, PUBLIC, TOKEN
+from tests.bootstrap.test_cloud_phases import ADMIN_CONF, PUBLIC, TOKEN
 
 ROOT = Path(__file__).resolve().parents[2]
 PLAN = make_plan(Settings())
@@ -54,7 +54,6 @@ LOGIN_KEY = new_ed25519_key()
 HOST_KEYS = {name: new_ed25519_key().public_line for name in PLAN.node_names()}
 URN = ("urn:pulumi:dev::k8s-cni-lab::pulumi-python:dynamic/bootstrap:ClusterBootstrap"
        "::lab-cluster")
-PLANNED_CIDRS = {node.name: str(node.pod_cidr) for node in PLAN.nodes}
 SECRET_KEY_DATA = "U0VDUkVU"  # the client key in ADMIN_CONF
 
 
@@ -86,18 +85,9 @@ def with_node(props: dict[str, Any], name: str, **changes: Any) -> dict[str, Any
 
 
 def healthy_cluster() -> FakeCluster:
-    """Nodes that answer like fresh, well-prepared Ubuntu machines (see test_cloud_phases)."""
-    facts = Reply("printf 'kubeadm", 0, "kubeadm=v1.36.2\nsystemd_cgroup=1\nswap=0\n")
-    listing = "".join(f"{name} {cidr}\n" for name, cidr in PLANNED_CIDRS.items())
-    nodes = {name: FakeNode(name, replies=[facts, Reply("kubeadm join",
-                                                        creates=KUBELET_KUBECONFIG)])
-             for name in PLAN.node_names()}
-    nodes["master"].replies += [
-        Reply("kubeadm version", 0, "v1.36.2\n"),
-        Reply("kubeadm init", creates=ADMIN_KUBECONFIG, content=ADMIN_CONF.encode()),
-        Reply("token create", 0, JOIN_COMMAND), Reply("get nodes", 0, listing),
-        *healthy_verify_replies()]
-    return FakeCluster(nodes)
+    """Fresh, well-prepared Ubuntu machines, simulated (see simulated_cluster.py)."""
+    return simulated_cluster(PLAN, master_replies=healthy_verify_replies(), admin_conf=ADMIN_CONF,
+                             join_tokens=[TOKEN])
 
 
 class Connections:
