@@ -153,6 +153,13 @@ apt_get update
 apt_get install {kube_packages}
 apt-mark hold {kube_packages}
 
+{containerd_setup()}"""
+
+
+def containerd_setup() -> str:
+    """The setup script's containerd part: install the config for the installed major version,
+    restart containerd, and check the effective config and the loopback plugin."""
+    return f"""\
 # The config for the containerd major version apt installed: `containerd --version` prints
 # "containerd <source> <version> <revision>".
 containerd_version=$(containerd --version | awk '{{print $3}}')
