@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup lab down test lint bench
+.PHONY: setup lab down phases test lint bench
 setup:
 	@scripts/install-deps
 
@@ -14,8 +14,12 @@ lab: setup
 down: setup
 	$(PY) -m lab down
 
+phases: setup
+	@$(PY) -m bootstrap phases
+
 lint: setup
 	$(PY) -m ruff check .
+	$(PY) -m mypy .
 
 test: lint
 	$(PY) -m pytest

@@ -7,8 +7,8 @@ from bootstrap.provider import BootstrapNode, ClusterBootstrap, ClusterBootstrap
 from infra.config import load_config
 from infra.network import Network, NetworkArgs, first_availability_zone
 from infra.nodes import Nodes, NodesArgs, latest_ubuntu_ami
-from infra.outputs import SSH_USER, stack_outputs
-from infra.plan import PlanError, make_plan
+from infra.outputs import stack_outputs
+from infra.plan import NODE_LOGIN, PlanError, make_plan
 from infra.routes import PodRoute, PodRoutes, PodRoutesArgs
 
 config = load_config()
@@ -44,7 +44,7 @@ if config.bootstrap:
         nodes=[BootstrapNode(m.node, m.instance.public_ip, m.host_key.public_key_openssh,
                              m.instance.private_ip) for m in nodes.members],
         private_key=nodes.private_key_openssh,
-        ssh_user=SSH_USER,
+        ssh_user=NODE_LOGIN,
     ), opts=pulumi.ResourceOptions(
         # SSH needs the instances; the Ready check needs cross-node pod routes in place.
         depends_on=[nodes, routes],

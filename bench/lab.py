@@ -14,7 +14,7 @@ from collections.abc import Callable
 from rich.console import Console
 from rich.table import Table
 
-from lab import lab as local
+from lab import lifecycle
 
 RUNS = 3
 LAB = "blab"
@@ -31,15 +31,15 @@ def one_lab(node_count: int) -> dict[str, float]:
     quiet = Console(file=io.StringIO())
     times: dict[str, float] = {}
     start = time.perf_counter()
-    running = local.build(local.LabOptions(name=LAB, node_count=node_count), quiet)
+    lab = lifecycle.build(lifecycle.LabOptions(name=LAB, node_count=node_count), quiet)
     times["build"] = time.perf_counter() - start
     try:
-        with running.ssh:
-            times["bootstrap"] = timed(lambda: local.bootstrap(running))
-            times["pods"] = timed(running.start_pods)
-            times["checks"] = timed(running.run_checks)
+        with lab.ssh:
+            times["bootstrap"] = timed(lambda: lifecycle.bootstrap(lab))
+            times["pods"] = timed(lab.start_pods)
+            times["checks"] = timed(lab.run_checks)
     finally:
-        times["down"] = timed(lambda: local.down(LAB))
+        times["down"] = timed(lambda: lifecycle.down(LAB))
     times["total"] = sum(times.values())
     return times
 
@@ -51,7 +51,7 @@ def medians(node_count: int) -> dict[str, float]:
 
 def main() -> None:
     console = Console(width=None if Console().is_terminal else 120)
-    local.down(LAB)  # a previous interrupted run
+    lifecycle.down(LAB)  # a previous interrupted run
     small, large = medians(3), medians(12)
     table = Table(title=f"Local lab, wall time in seconds (median of {RUNS} runs)",
                   title_justify="left")

@@ -7,10 +7,8 @@ one, the remedy. No message ever contains key material.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from bootstrap.ssh import RunResult
+from bootstrap.remote import RunResult
 
 # How many trailing output lines a failed command shows.
 OUTPUT_TAIL_LINES = 20

@@ -5,7 +5,7 @@ bootstrap/phases/ read the facts, call these, and run the commands.
 kubeadm's config API is kubeadm.k8s.io/v1beta4 (extraArgs are lists of {name, value}). The
 controller manager does not allocate node pod CIDRs: the plan pins node N to its CIDR and
 the pod-cidr phase patches `spec.podCIDR`, so the VPC routes, the bridge and Kubernetes
-agree by construction (findings #9). Node facts (name, address, pod CIDR) come from the
+agree by construction. Node facts (name, address, pod CIDR) come from the
 plan's `Node`; the control plane's public address is access data, passed in as text.
 """
 

@@ -5,8 +5,8 @@ the project directory), which unpickles it from the `__provider` property by ref
 this module importable under this name, free of side effects and of pulumi_aws (slow import).
 
 - create and update run the idempotent cloud workflow and return the inputs, the admin
-  kubeconfig, the pod CIDR each node holds, the API server's address and the outcome of
-  each connectivity check (the verify phase, whose table goes to stderr);
+  kubeconfig, the API server's address and the outcome of each connectivity check (the
+  verify phase, whose table goes to stderr);
 - diff compares the inputs, never the SSH deadline; only a new set of node names replaces;
 - delete runs nothing on the nodes: the instances go with the stack, and a replacement is
   created before the old resource is deleted, so a `kubeadm reset` here would wreck the new
@@ -34,15 +34,24 @@ import pulumi.dynamic as dynamic
 from pulumi.runtime.rpc import UNKNOWN
 
 from bootstrap.errors import InventoryError, LabError
-from bootstrap.inventory import Inventory, NodeAccess
+from bootstrap.inventory import Inventory, NodeAccess, check_agrees_with_plan
 from bootstrap.node_network import NODE_FILES
 from bootstrap.phases.cloud import run_cloud_workflow
 from bootstrap.phases.cni import cni_files, read_plugin
-from bootstrap.phases.context import PLUGIN_SOURCE, check_inventory_matches_plan
+from bootstrap.phases.context import PLUGIN_SOURCE, CloudContext
 from bootstrap.phases.node_network import node_network_files
+from bootstrap.remote import NodeCluster
 from bootstrap.ssh import ClusterSSH, ConnectPolicy
 from bootstrap.verify.checks import Outcome
-from infra.plan import API_SERVER_PORT, Node, Plan, PlanError, Settings, make_plan
+from infra.plan import (
+    API_SERVER_PORT,
+    NODE_LOGIN,
+    Node,
+    Plan,
+    PlanError,
+    Settings,
+    make_plan,
+)
 
 # Inputs that describe the cluster: a change to any of them re-runs the workflow.
 COMPARED_INPUTS = ("settings", "nodes", "sshUser", "privateKey", "version")
@@ -53,7 +62,7 @@ SECRET_OUTPUTS = ["privateKey", "kubeconfig"]
 PROGRESS_LOGGER = "k8s_cni_lab.phases"
 
 # Opens the SSH connections of an inventory; tests pass one that returns fake nodes.
-SSHFactory = Callable[[Inventory, ConnectPolicy], ClusterSSH]
+SSHFactory = Callable[[Inventory, ConnectPolicy], NodeCluster]
 
 
 class BootstrapFailed(LabError):
@@ -98,7 +107,8 @@ class BootstrapProvider(dynamic.ResourceProvider):
 
     def _bootstrap(self, props: dict[str, Any]) -> dict[str, Any]:
         plan = make_plan(settings_from(props["settings"]))
-        inventory = inventory_of(props, plan)
+        inventory = inventory_of(props)
+        check_agrees_with_plan(plan, inventory, reported_private_ips(props))
         policy = ConnectPolicy(deadline=float(props.get(DEADLINE_INPUT,
                                                         ConnectPolicy.deadline)))
         with tempfile.TemporaryDirectory(prefix="k8s-cni-lab-") as workdir, progress_lines():
@@ -106,8 +116,9 @@ class BootstrapProvider(dynamic.ResourceProvider):
             checked: list[Outcome] = []
             try:
                 with contextlib.closing(self._connect(inventory, policy)) as ssh:
-                    run_cloud_workflow(plan, inventory, kubeconfig_path=kubeconfig_path, ssh=ssh,
-                                       on_checks=checked.extend)
+                    run_cloud_workflow(CloudContext(
+                        plan=plan, inventory=inventory, ssh=ssh, kubeconfig_path=kubeconfig_path,
+                        on_checks=checked.extend))
             except LabError as error:
                 # from None: the chained causes would repeat the message in the traceback.
                 raise BootstrapFailed(
@@ -126,10 +137,10 @@ class BootstrapProvider(dynamic.ResourceProvider):
 
 @dataclass(frozen=True)
 class BootstrapNode:
-    node: Node  # from the plan: name, role, pod CIDR
+    node: Node  # the plan's node: what it is
     public_ip: pulumi.Input[str]  # where SSH reaches it
     host_key: pulumi.Input[str]  # OpenSSH public key line of its sshd, pinned
-    private_ip: pulumi.Input[str]  # as the cloud reports it; checked against the plan
+    private_ip: pulumi.Input[str]  # as the cloud reports it; checked against the plan's
     ssh_port: int = 22
 
 
@@ -138,7 +149,7 @@ class ClusterBootstrapArgs:
     plan: Plan
     nodes: Sequence[BootstrapNode]
     private_key: pulumi.Input[str]  # the login key; pass it as a secret
-    ssh_user: str = "ubuntu"
+    ssh_user: str = NODE_LOGIN
     ssh_deadline_seconds: float = ConnectPolicy.deadline
     plugin_source: Path = PLUGIN_SOURCE
 
@@ -154,9 +165,8 @@ class ClusterBootstrap(dynamic.Resource, module="bootstrap", name="ClusterBootst
                  opts: pulumi.ResourceOptions | None = None) -> None:
         props: dict[str, Any] = {
             "settings": asdict(args.plan.settings),
-            "nodes": [{"name": n.node.name, "role": n.node.role, "publicIp": n.public_ip,
-                       "sshPort": n.ssh_port, "hostKey": n.host_key,
-                       "privateIp": n.private_ip, "podCidr": str(n.node.pod_cidr)}
+            "nodes": [{"name": n.node.name, "publicIp": n.public_ip, "sshPort": n.ssh_port,
+                       "hostKey": n.host_key, "privateIp": n.private_ip}
                       for n in args.nodes],
             "sshUser": args.ssh_user,
             "privateKey": args.private_key,
@@ -195,14 +205,15 @@ def settings_from(raw: Mapping[str, Any]) -> Settings:
                        for name, value in raw.items()})
 
 
-def inventory_of(props: Mapping[str, Any], plan: Plan) -> Inventory:
-    nodes = tuple(NodeAccess(name=n["name"], role=n["role"], host=n["publicIp"],
-                             port=int(n.get("sshPort", 22)), user=props["sshUser"],
-                             host_key=n["hostKey"],
-                             private_ip=n["privateIp"], pod_cidr=n["podCidr"])
+def inventory_of(props: Mapping[str, Any]) -> Inventory:
+    nodes = tuple(NodeAccess(name=n["name"], host=n["publicIp"], port=int(n.get("sshPort", 22)),
+                             user=props["sshUser"], host_key=n["hostKey"])
                   for n in props["nodes"])
-    return Inventory(nodes=nodes, private_key=props.get("privateKey", ""),
-                     cluster_cidr=str(plan.pod_network))
+    return Inventory(nodes=nodes, private_key=props.get("privateKey", ""))
+
+
+def reported_private_ips(props: Mapping[str, Any]) -> dict[str, str]:
+    return {n["name"]: n["privateIp"] for n in props["nodes"]}
 
 
 def input_problems(props: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -220,8 +231,8 @@ def input_problems(props: Mapping[str, Any]) -> list[tuple[str, str]]:
     if is_unknown(props.get("nodes")) or is_unknown(props.get("sshUser")):
         return problems
     try:
-        inventory = inventory_of({**props, "privateKey": ""}, plan)
-        check_inventory_matches_plan(plan, inventory)
+        inventory = inventory_of({**props, "privateKey": ""})
+        check_agrees_with_plan(plan, inventory, reported_private_ips(props))
     except (KeyError, TypeError, ValueError) as error:  # InventoryError is a ValueError
         return [*problems, ("nodes", str(error) if isinstance(error, InventoryError)
                             else f"malformed node entry: {error!r}")]

@@ -7,7 +7,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bootstrap.ssh import NodeSSH
+from bootstrap.remote import RemoteNode
 
 TRANSFER_TIMEOUT = 120
 
@@ -32,7 +32,7 @@ class RemoteFile:
     mode: int | None
 
 
-def remote_file(node: NodeSSH, path: str) -> RemoteFile:
+def remote_file(node: RemoteNode, path: str) -> RemoteFile:
     """The fact, read over SFTP: our files are small, and no remote shell has to start."""
     found = node.read_file(path, timeout=TRANSFER_TIMEOUT)
     if found is None:
@@ -49,7 +49,7 @@ def files_to_write(desired: Sequence[DesiredFile],
             if have.get(wanted.path) != (wanted.sha256, wanted.mode)]
 
 
-def ensure_files(node: NodeSSH, desired: Sequence[DesiredFile]) -> tuple[list[str], list[str]]:
+def ensure_files(node: RemoteNode, desired: Sequence[DesiredFile]) -> tuple[list[str], list[str]]:
     """Upload the files that differ; returns (written paths, paths already up to date)."""
     stale = files_to_write(desired, [remote_file(node, wanted.path) for wanted in desired])
     if stale:

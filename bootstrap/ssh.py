@@ -37,6 +37,7 @@ from bootstrap.errors import (
     SSHUnreachable,
 )
 from bootstrap.inventory import Inventory, NodeAccess, parse_host_key_line
+from bootstrap.remote import RunResult
 
 T = TypeVar("T")
 # Receives each output line of a remote command: (node name, line without newline).
@@ -64,20 +65,6 @@ TRANSIENT_ERRORS = (OSError, EOFError, paramiko.SSHException)
 def log_line(node: str, line: str) -> None:
     """The default LineSink: each output line to the log, prefixed with the node name."""
     log.info("[%s] %s", node, line)
-
-
-@dataclass(frozen=True)
-class RunResult:
-    """A finished remote command; `output` is stdout and stderr interleaved as produced."""
-
-    node: str
-    command: str
-    exit_code: int
-    output: str
-
-    @property
-    def ok(self) -> bool:
-        return self.exit_code == 0
 
 
 @dataclass(frozen=True)
@@ -283,15 +270,11 @@ class NodeSSH:
 
     # -- files ------------------------------------------------------------------------------
 
-    def put(self, path: str, data: bytes, mode: int = 0o644, *, timeout: float = 60) -> None:
-        """Write a file atomically: upload to a temporary name, then rename over `path`.
-        Parent directories are created. Non-root users stage in /tmp and finish with sudo."""
-        self.put_files([(path, data, mode)], timeout=timeout)
-
     def put_files(self, files: Sequence[tuple[str, bytes, int]], *,
                   timeout: float = 60) -> None:
-        """`put` for several (path, data, mode) files; a non-root user finishes them all
-        with one sudo command instead of one each."""
+        """Write (path, data, mode) files atomically: each is uploaded to a temporary name,
+        then renamed over its path, parent directories created. A non-root user stages them
+        in /tmp and finishes them all with one sudo command."""
         token = secrets.token_hex(4)
         staged = [f"/tmp/.k8s-cni-lab-{token}-{index}" for index in range(len(files))]
         with self._lock:

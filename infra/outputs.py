@@ -2,7 +2,7 @@
 
 `nodes` holds everything per node, keyed by name (to script against, e.g. an inventory for
 other tools; the bootstrap itself takes its inputs from the nodes directly); the flat maps
-repeat parts of it for people at a terminal (`pulumi stack output publicIpsByRole`).
+repeat parts of it for people at a terminal (`pulumi stack output publicIpsByNode`).
 """
 
 from __future__ import annotations
@@ -13,9 +13,7 @@ import pulumi
 
 from infra.network import Network
 from infra.nodes import NodeResources, Nodes
-from infra.plan import Plan
-
-SSH_USER = "ubuntu"  # the login user of Canonical's Ubuntu images
+from infra.plan import NODE_LOGIN, Plan
 
 
 def key_file() -> str:
@@ -31,15 +29,15 @@ def stack_outputs(plan: Plan, network: Network, nodes: Nodes) -> dict[str, Any]:
     members = nodes.members
     return {
         "nodes": {m.node.name: _inventory_entry(m) for m in members},
-        "publicIpsByRole": {m.node.name: m.instance.public_ip for m in members},
-        "privateIpsByRole": {m.node.name: m.instance.private_ip for m in members},
+        "publicIpsByNode": {m.node.name: m.instance.public_ip for m in members},
+        "privateIpsByNode": {m.node.name: m.instance.private_ip for m in members},
         "podCidrsByNode": {m.node.name: str(m.node.pod_cidr) for m in members},
         "eniIds": {m.node.name: m.instance.primary_network_interface_id for m in members},
         "hostPublicKeys": {m.node.name: _host_public_key(m) for m in members},
         "knownHosts": pulumi.Output.all(
             *[_known_hosts_line(m) for m in members]).apply("".join),
         "sshCommands": {m.node.name: _ssh_command(m) for m in members},
-        "sshUser": SSH_USER,
+        "sshUser": NODE_LOGIN,
         "privateKey": nodes.private_key_openssh,
         "keyPairName": nodes.key_pair.key_name,
         "routeTableId": network.route_table.id,
@@ -77,6 +75,6 @@ def _known_hosts_line(member: NodeResources) -> pulumi.Output[str]:
 def _ssh_command(member: NodeResources) -> pulumi.Output[str]:
     return pulumi.Output.concat(
         f"ssh -i {key_file()} -o UserKnownHostsFile={known_hosts_file()} "
-        f"-o StrictHostKeyChecking=yes {SSH_USER}@",
+        f"-o StrictHostKeyChecking=yes {NODE_LOGIN}@",
         member.instance.public_ip,
     )

@@ -16,6 +16,8 @@ from typing import Literal
 Role = Literal["control-plane", "worker"]
 
 CONTROL_PLANE_NAME = "master"
+# The login of Canonical's Ubuntu images, with passwordless sudo; the local lab's nodes copy it.
+NODE_LOGIN = "ubuntu"
 API_SERVER_PORT = 6443  # kubeadm's default; the security group opens it, kubeadm binds it
 # AWS reserves the first four addresses of a subnet; nodes start at .10 as in the seed lab.
 FIRST_NODE_HOST = 10

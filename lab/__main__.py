@@ -16,6 +16,7 @@ import sys
 
 from rich.console import Console
 
+from infra.plan import NODE_LOGIN
 from lab.layout import LAB_NAME
 
 
@@ -33,8 +34,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     up = verbs.add_parser("up", help="build, bootstrap, check, and tear down")
     up.add_argument("--nodes", type=int, default=3, help="node count, master included")
     up.add_argument("--keep", action="store_true", help="leave the lab up to explore")
-    up.add_argument("--user", default="ubuntu",
-                    help="the bootstrap's SSH login: ubuntu (with sudo, as on EC2) or root")
+    up.add_argument("--user", default=NODE_LOGIN,
+                    help=f"the bootstrap's SSH login: {NODE_LOGIN} (with sudo, as on EC2) or root")
     up.add_argument("--steps", action="store_true",
                     help="replay the seed lab's story: checks before and after each fix")
     verbs.add_parser("down", help="remove the lab and everything it made")
@@ -68,7 +69,7 @@ def main(argv: list[str]) -> int:
     # A plain `kill` must tear the lab down like Ctrl-C does.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(130))
     from lab import cli  # after the checks: it imports paramiko and the bootstrap
-    from lab.lab import LabOptions
+    from lab.lifecycle import LabOptions
 
     if args.verb == "up":
         options = LabOptions(name=args.name, node_count=args.nodes, user=args.user)

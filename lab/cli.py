@@ -4,51 +4,52 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from rich.console import Console
+from rich.table import Table
 
 from bootstrap.errors import LabError
 from bootstrap.verify.checks import Outcome
-from bootstrap.verify.report import outcome_table, print_failures, story_table
-from lab import lab as local
-from lab import nodes, story
+from bootstrap.verify.report import FAIL, PASS, failure_lines, outcome_table
+from lab import lifecycle, nodes, story
+from lab.lifecycle import LabOptions, LocalLab
 
 
-def up(options: local.LabOptions, *, keep: bool, steps: bool, console: Console) -> int:
+def up(options: LabOptions, *, keep: bool, steps: bool, console: Console) -> int:
     started, name = time.monotonic(), options.name
     try:
-        running = local.build(options, console, pod_routes=not steps)
+        lab = lifecycle.build(options, console, pod_routes=not steps)
     except (LabError, ValueError) as error:  # ValueError: PlanError, a bad lab name
         console.print(f"[red]lab up failed:[/] {error}")
         return 1
     try:
-        with running.ssh:
-            outcomes = _story(running, console) if steps else _straight(running, console)
+        with lab.ssh:
+            outcomes = _story(lab, console) if steps else _straight(lab, console)
         console.log(f"lab {name}: up and checked in {time.monotonic() - started:.1f} s")
         if keep:
-            _print_how_to_explore(running)
+            _print_how_to_explore(lab)
         return 0 if all(outcome.passed for outcome in outcomes) else 1
     except LabError as error:
         console.print(f"[red]lab failed:[/] {error}")
         return 1
     finally:
         if not keep:
-            local.down(name)
+            lifecycle.down(name)
             console.log(f"lab {name}: removed")
 
 
-def _straight(running: local.LocalLab, console: Console) -> Sequence[Outcome]:
-    local.bootstrap(running)
-    running.start_pods()
-    outcomes, causes = running.run_checks()
+def _straight(lab: LocalLab, console: Console) -> Sequence[Outcome]:
+    lifecycle.bootstrap(lab)
+    lab.start_pods()
+    outcomes, causes = lab.run_checks()
     console.print(outcome_table(outcomes, causes))
     print_failures(console, outcomes, causes)
     return outcomes
 
 
-def _story(running: local.LocalLab, console: Console) -> Sequence[Outcome]:
-    stages = story.replay(running)
+def _story(lab: LocalLab, console: Console) -> Sequence[Outcome]:
+    stages = story.replay(lab)
     console.print(story_table([(stage.title, stage.outcomes) for stage in stages]))
     for stage in stages:  # why each FAIL failed, stage by stage
         if stage.causes:
@@ -60,18 +61,38 @@ def _story(running: local.LocalLab, console: Console) -> Sequence[Outcome]:
     return final.outcomes
 
 
-def _print_how_to_explore(running: local.LocalLab) -> None:
-    name = running.layout.lab
-    node = running.plan.workers[0].name
-    pod = next((p.name for p in running.pods if p.node == node), "POD")
-    running.console.print(
+def _print_how_to_explore(lab: LocalLab) -> None:
+    name = lab.layout.lab
+    node = lab.plan.workers[0].name
+    pod = next((p.name for p in lab.pods if p.node == node), "POD")
+    lab.console.print(
         f"The lab is up. Enter a node: [bold]python -m lab --name {name} enter {node}[/]\n"
         f"Enter a pod:  [bold]python -m lab --name {name} enter {node} {pod}[/]\n"
         f"Remove it:    [bold]make down[/] (or python -m lab --name {name} down)")
 
 
+def story_table(stages: Sequence[tuple[str, Sequence[Outcome]]]) -> Table:
+    """One row per check, one column per stage: each fix turns a FAIL into a pass."""
+    table = Table(title="The seed lab's story, replayed", title_justify="left")
+    table.add_column("check")
+    table.add_column("expected")
+    for stage, _ in stages:
+        table.add_column(stage)
+    first = stages[0][1]
+    for row, outcome in enumerate(first):
+        cells = [PASS if outcomes[row].passed else FAIL for _, outcomes in stages]
+        table.add_row(outcome.check.name, outcome.check.expected, *cells)
+    return table
+
+
+def print_failures(console: Console, outcomes: Sequence[Outcome],
+                   causes: Mapping[str, str]) -> None:
+    for line in failure_lines(outcomes, causes):
+        console.print(f"[red]x[/] {line}")
+
+
 def down(name: str, console: Console) -> int:
-    removed = local.down(name)
+    removed = lifecycle.down(name)
     console.print(f"lab {name}: removed {', '.join(removed)}" if removed
                   else f"lab {name}: nothing to remove")
     return 0
@@ -82,7 +103,7 @@ def enter(name: str, node: str, pod: str | None, command: str | None,
     """A shell in the node's namespaces (net, mount, hostname), or in a pod's network."""
     pid_file = nodes.node_dir(name, node) / "sshd.pid"
     if not pid_file.exists():
-        console.print(f"[red]no node {node} in a running lab {name}[/] (is it up with --keep?)")
+        console.print(f"[red]no node {node} in a lab lab {name}[/] (is it up with --keep?)")
         return 1
     argv = ["nsenter", "-t", pid_file.read_text().strip(), "-m", "-u", "-n"]
     argv += ["ip", "netns", "exec", pod] if pod else []

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
-from infra.plan import Plan
+from infra.plan import Node, Plan
 
 # Documentation ranges (RFC 5737) for everything outside the VPC, so no lab packet can be
 # mistaken for, or leak to, a real address.
@@ -22,7 +22,6 @@ PUBLIC_IPS = IPv4Network("203.0.113.0/24")
 ROUTER_IGW_LINK = IPv4Network("192.0.2.0/30")
 INTERNET_HOST = IPv4Interface("198.51.100.1/24")
 IGW_INTERNET_SIDE = IPv4Interface("198.51.100.254/24")
-ECHO_PORT = 8080
 INTERNET_ECHO_PORT = 80
 
 LAB_NAME = re.compile(r"^[a-z][a-z0-9]{0,19}$")
@@ -30,13 +29,17 @@ LAB_NAME = re.compile(r"^[a-z][a-z0-9]{0,19}$")
 
 @dataclass(frozen=True)
 class LabNode:
-    name: str
+    """A planned node as the lab simulates it: the plan's `Node` (what it is) and where it
+    lives on this machine."""
+
+    planned: Node
     namespace: str
-    private_ip: IPv4Address
-    public_ip: IPv4Address
-    pod_cidr: IPv4Network
-    gateway: IPv4Address
+    public_ip: IPv4Address  # what the internet gateway translates its private address to
     router_port: str  # the node's veth peer on the router's vpc0 bridge
+
+    @property
+    def name(self) -> str:
+        return self.planned.name
 
 
 @dataclass(frozen=True)
@@ -68,8 +71,6 @@ class Layout:
         infra = [self.router_ns, self.igw_ns, self.internet_ns]
         return infra + [node.namespace for node in self.nodes]
 
-    def node(self, name: str) -> LabNode:
-        return next(node for node in self.nodes if node.name == name)
 
 
 def make_layout(plan: Plan, lab: str = "k8slab") -> Layout:
@@ -80,13 +81,10 @@ def make_layout(plan: Plan, lab: str = "k8slab") -> Layout:
         raise ValueError(f"{len(plan.nodes)} nodes do not fit the lab's public range {PUBLIC_IPS}")
     nodes = tuple(
         LabNode(
-            name=node.name,
+            planned=node,
             namespace=f"{lab}-{node.name}",
-            private_ip=node.private_ip,
             # Public addresses mirror the private host number: 10.0.1.11 <-> 203.0.113.11.
             public_ip=PUBLIC_IPS.network_address + int(node.private_ip) % 256,
-            pod_cidr=node.pod_cidr,
-            gateway=node.gateway,
             router_port=f"n{node.index}",
         )
         for node in plan.nodes

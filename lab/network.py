@@ -92,7 +92,7 @@ def _build_node(layout: Layout, node: LabNode) -> None:
                     f"{node.router_port} netns {layout.router_ns}"])
     ip_batch(layout.router_ns, [f"link set {node.router_port} master vpc0 up"])
     ip_batch(node.namespace, [
-        f"addr add {node.private_ip}/{prefix} dev eth0",
+        f"addr add {node.planned.private_ip}/{prefix} dev eth0",
         "link set eth0 up",
         f"route add default via {layout.router_ip.ip}",
     ])
@@ -103,8 +103,8 @@ def _build_node(layout: Layout, node: LabNode) -> None:
 
 def add_pod_routes(layout: Layout) -> None:
     """The VPC route table's pod routes: node N's pod CIDR via node N (the Pulumi routes)."""
-    ip_batch(layout.router_ns, [f"route replace {node.pod_cidr} via {node.private_ip}"
-                                for node in layout.nodes])
+    ip_batch(layout.router_ns, [f"route replace {planned.pod_cidr} via {planned.private_ip}"
+                                for planned in layout.plan.nodes])
 
 
 def _build_igw(layout: Layout) -> None:
@@ -126,12 +126,11 @@ def igw_rules(layout: Layout) -> str:
     filt = ["*filter", ":FORWARD DROP [0:0]",
             "-A FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT"]
     for node in layout.nodes:
-        nat += [f"-A PREROUTING -i wan -d {node.public_ip} -j DNAT --to-destination "
-                f"{node.private_ip}",
-                f"-A POSTROUTING -o wan -s {node.private_ip} -j SNAT --to-source "
-                f"{node.public_ip}"]
-        filt += [f"-A FORWARD -i vpc -o wan -s {node.private_ip} -j ACCEPT",
-                 f"-A FORWARD -i wan -o vpc -d {node.private_ip} -j ACCEPT"]
+        private = node.planned.private_ip
+        nat += [f"-A PREROUTING -i wan -d {node.public_ip} -j DNAT --to-destination {private}",
+                f"-A POSTROUTING -o wan -s {private} -j SNAT --to-source {node.public_ip}"]
+        filt += [f"-A FORWARD -i vpc -o wan -s {private} -j ACCEPT",
+                 f"-A FORWARD -i wan -o vpc -d {private} -j ACCEPT"]
     return "\n".join([*nat, "COMMIT", *filt, "COMMIT"]) + "\n"
 
 

@@ -19,12 +19,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bootstrap.errors import LabError
+from bootstrap.verify.checks import ECHO_SERVER, IMAGE_DIR
 from lab.layout import LabNode, Layout
 
 STATE_ROOT = Path("/run/k8s-cni-lab")
 OVERLAID = ("/etc", "/opt", "/var/lib", "/var/log", "/root")
-IMAGE_DIR = "/opt/k8s-cni-lab"  # the node "image": runtime stand-in and pod workload
-IMAGE_FILES = ("pod_runtime.py", "echo_server.py")
+# The node "image": the runtime stand-in and the pods' workload (also the probes' client).
+IMAGE_FILES = (Path(__file__).with_name("pod_runtime.py"), ECHO_SERVER)
 SSHD_DIR = "/etc/ssh-lab"
 
 SSHD_CONFIG = f"""\
@@ -92,9 +93,9 @@ def prepare_disk(layout: Layout, node: LabNode, client_public_key: str) -> str:
         (home / dotfile).write_text("# k8s-cni-lab node image: intentionally empty\n")
     image = upper_dir(layout.lab, node.name, "/opt") / Path(IMAGE_DIR).name
     image.mkdir()
-    for name in IMAGE_FILES:
-        shutil.copy(Path(__file__).with_name(name), image / name)
-        (image / name).chmod(0o755)
+    for source in IMAGE_FILES:
+        shutil.copy(source, image / source.name)
+        (image / source.name).chmod(0o755)
     return host_key.public_line
 
 

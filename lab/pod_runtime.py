@@ -1,14 +1,12 @@
 #!/usr/bin/python3 -IS
 """The local lab's container-runtime stand-in: what containerd does for a pod's network.
 
-    pod_runtime.py run NAME [--port 8080]   create the pod netns, CNI ADD, start the workload
-    pod_runtime.py check NAME               CNI CHECK against the cached result
-    pod_runtime.py stop NAME                stop the workload, CNI DEL, remove the netns
-    pod_runtime.py list                     the pods on this node, as JSON
+    pod_runtime.py run NAME --port PORT   create the pod netns, CNI ADD, start the workload
+    pod_runtime.py stop NAME              stop the workload, CNI DEL, remove the netns
 
 Like libcni it reads the first *.conflist in /etc/cni/net.d, runs each plugin from
 /opt/cni/bin with the CNI_* variables and the plugin's config on stdin (adding name,
-cniVersion and prevResult), and caches the ADD result for CHECK and DEL. Runs on a lab
+cniVersion and prevResult), and caches the ADD result for DEL. Runs on a lab
 node as root; standard library only.
 """
 
@@ -126,13 +124,6 @@ def wait_listening(workload: subprocess.Popen[bytes], ip: str, port: int,
             time.sleep(0.02)
 
 
-def check_pod(name: str) -> None:
-    pod = json.loads(state_file(name).read_text())
-    conflist = load_conflist()
-    for plugin in conflist["plugins"]:
-        invoke(conflist, plugin, "CHECK", pod, pod["result"])
-
-
 def stop_pod(name: str) -> None:
     """Idempotent, like a runtime's StopPodSandbox: whatever is already gone is fine."""
     path = state_file(name)
@@ -153,31 +144,19 @@ def remove_pod(pod: dict, conflist: dict) -> None:
         subprocess.run(["ip", "netns", "del", pod["name"]], check=False, capture_output=True)
 
 
-def list_pods() -> list[dict]:
-    if not STATE_DIR.exists():
-        return []
-    return [json.loads(path.read_text()) for path in sorted(STATE_DIR.glob("*.json"))]
-
-
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     verbs = parser.add_subparsers(dest="verb", required=True)
     run_args = verbs.add_parser("run")
     run_args.add_argument("name")
-    run_args.add_argument("--port", type=int, default=8080)
-    for verb in ("check", "stop"):
-        verbs.add_parser(verb).add_argument("name")
-    verbs.add_parser("list")
+    run_args.add_argument("--port", type=int, required=True)
+    verbs.add_parser("stop").add_argument("name")
     args = parser.parse_args(argv)
     try:
         if args.verb == "run":
             print(json.dumps(run_pod(args.name, args.port)))
-        elif args.verb == "check":
-            check_pod(args.name)
-        elif args.verb == "stop":
-            stop_pod(args.name)
         else:
-            print(json.dumps(list_pods()))
+            stop_pod(args.name)
     except Exception as error:  # one line for the operator; nothing was left behind
         print(f"pod_runtime {args.verb}: {error}", file=sys.stderr)
         return 1

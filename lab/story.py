@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from bootstrap import node_network
 from bootstrap.verify.checks import Outcome
 from lab import network
-from lab.lab import LocalLab, bootstrap
+from lab.lifecycle import LocalLab, bootstrap
 
 
 @dataclass(frozen=True)

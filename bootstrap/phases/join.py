@@ -32,7 +32,7 @@ from bootstrap.kubeadm import (
 )
 from bootstrap.phases.context import CloudContext
 from bootstrap.phases.workflow import Phase, log_noop, log_step
-from bootstrap.ssh import NodeSSH
+from bootstrap.remote import RemoteNode
 from infra.plan import Node
 
 NAME = "join"
@@ -69,7 +69,7 @@ def run_join(context: CloudContext) -> None:
         delete_token(control_plane, credentials)
 
 
-def worker_facts(context: CloudContext, control_plane: NodeSSH) -> dict[str, WorkerFacts]:
+def worker_facts(context: CloudContext, control_plane: RemoteNode) -> dict[str, WorkerFacts]:
     workers = [node.name for node in context.plan.workers]
     files = context.ssh.on_all(
         lambda node: parse_worker_files(node.run(JOIN_FACTS, timeout=60, quiet=True).output),
@@ -80,20 +80,20 @@ def worker_facts(context: CloudContext, control_plane: NodeSSH) -> dict[str, Wor
             for name, found in files.items()}
 
 
-def with_registration(control_plane: NodeSSH, name: str, found: WorkerFacts,
+def with_registration(control_plane: RemoteNode, name: str, found: WorkerFacts,
                       listed: dict[str, str]) -> WorkerFacts:
     registered = name in listed or (found.kubelet_conf and registers_soon(control_plane, name))
     return replace(found, registered=registered)
 
 
-def registers_soon(control_plane: NodeSSH, name: str) -> bool:
+def registers_soon(control_plane: RemoteNode, name: str) -> bool:
     waited = control_plane.run(wait_for_nodes_command([name], REGISTRATION_WAIT),
                                timeout=REGISTRATION_WAIT + KUBECTL_TIMEOUT, check=False,
                                quiet=True)
     return waited.ok
 
 
-def join_node(node: NodeSSH, planned: Node, credentials: JoinCredentials,
+def join_node(node: RemoteNode, planned: Node, credentials: JoinCredentials,
               action: JoinAction) -> None:
     if action is JoinAction.RESET_AND_JOIN:
         node.run(KUBEADM_RESET, timeout=RESET_TIMEOUT)
@@ -102,7 +102,7 @@ def join_node(node: NodeSSH, planned: Node, credentials: JoinCredentials,
     log_step(NAME, node.name, f"joined {credentials.endpoint}")
 
 
-def delete_token(control_plane: NodeSSH, credentials: JoinCredentials) -> None:
+def delete_token(control_plane: RemoteNode, credentials: JoinCredentials) -> None:
     """No token outlives the joins; if the delete fails, the token's TTL still ends it."""
     deleted = control_plane.run(token_delete_command(credentials), timeout=KUBECTL_TIMEOUT,
                                 check=False, quiet=True)

@@ -19,7 +19,7 @@ from bootstrap.kubeadm import (
 )
 from bootstrap.phases.context import CloudContext
 from bootstrap.phases.workflow import Phase, log_noop, log_step
-from bootstrap.ssh import NodeSSH
+from bootstrap.remote import RemoteNode
 
 NAME = "kubeadm-init"
 INIT_TIMEOUT = 900
@@ -53,5 +53,5 @@ def run_kubeadm_init(context: CloudContext) -> None:
     log_step(NAME, name, f"control plane {version} initialised")
 
 
-def read_init_facts(node: NodeSSH) -> InitFacts:
+def read_init_facts(node: RemoteNode) -> InitFacts:
     return parse_init_facts(node.run(INIT_FACTS, timeout=INIT_FACTS_TIMEOUT, quiet=True).output)

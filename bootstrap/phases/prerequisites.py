@@ -6,7 +6,7 @@ from bootstrap.errors import LabError
 from bootstrap.kubeadm import PREREQUISITE_FACTS, parse_facts, prerequisite_problems
 from bootstrap.phases.context import CloudContext
 from bootstrap.phases.workflow import Phase, log_step
-from bootstrap.ssh import NodeSSH
+from bootstrap.remote import RemoteNode
 
 NAME = "prerequisites"
 
@@ -22,7 +22,7 @@ def run_prerequisites(context: CloudContext) -> None:
     context.ssh.on_all(lambda node: check_prerequisites(node, minor))
 
 
-def check_prerequisites(node: NodeSSH, kubernetes_minor: str) -> None:
+def check_prerequisites(node: RemoteNode, kubernetes_minor: str) -> None:
     facts = parse_facts(node.run(PREREQUISITE_FACTS, timeout=60, quiet=True).output)
     problems = prerequisite_problems(facts, kubernetes_minor)
     if problems:

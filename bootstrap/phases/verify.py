@@ -14,10 +14,9 @@ from bootstrap.errors import LabError
 from bootstrap.kubeadm import KUBECTL_TIMEOUT
 from bootstrap.phases.context import CloudContext
 from bootstrap.phases.workflow import Phase, log_step
-from bootstrap.ssh import NodeSSH
-from bootstrap.verify.checks import Outcome, PodInfo, pod_hosts, run_checks
+from bootstrap.remote import RemoteNode
+from bootstrap.verify.checks import ECHO_SERVER, Outcome, PodInfo, pod_hosts, run_checks
 from bootstrap.verify.cloud import (
-    ECHO_SOURCE,
     LEFT_OUT,
     NAMESPACE,
     KubectlProber,
@@ -49,7 +48,7 @@ def has_two_workers(context: CloudContext) -> bool:
 
 def run_verify(context: CloudContext) -> None:
     control_plane = context.ssh.node(context.plan.control_plane.name)
-    echo_source = ECHO_SOURCE.read_bytes()
+    echo_source = ECHO_SERVER.read_bytes()
     pods = deploy_test_pods(control_plane, pod_hosts(context.plan), echo_source)
     checks = cloud_checks(context.plan, context.inventory, pods)
     prober = KubectlProber(context.ssh, control_plane.name, echo_source)
@@ -62,7 +61,7 @@ def run_verify(context: CloudContext) -> None:
     raise_on_failure(outcomes, causes)
 
 
-def deploy_test_pods(control_plane: NodeSSH, workers: Sequence[str],
+def deploy_test_pods(control_plane: RemoteNode, workers: Sequence[str],
                      echo_source: bytes) -> list[PodInfo]:
     """Apply (idempotent), wait for Ready (bounded), and read the pods' addresses."""
     manifests = render_manifests(workers, echo_source.decode())

@@ -1,12 +1,12 @@
-"""wait-cloud-init: SSH answers before cloud-init has finished installing packages
-(findings #12); wait for it, and fail with its own account of what went wrong."""
+"""wait-cloud-init: SSH answers before cloud-init has finished installing packages; wait
+for it, and fail with its own account of what went wrong."""
 
 from __future__ import annotations
 
 from bootstrap.errors import LabError, format_tail
 from bootstrap.phases.context import CloudContext
 from bootstrap.phases.workflow import Phase, log_step
-from bootstrap.ssh import NodeSSH
+from bootstrap.remote import RemoteNode
 
 NAME = "wait-cloud-init"
 CLOUD_INIT_TIMEOUT = 1200
@@ -24,7 +24,7 @@ def run_wait_cloud_init(context: CloudContext) -> None:
     context.ssh.on_all(wait_for_cloud_init)
 
 
-def wait_for_cloud_init(node: NodeSSH) -> None:
+def wait_for_cloud_init(node: RemoteNode) -> None:
     status = node.run("cloud-init status --wait", timeout=CLOUD_INIT_TIMEOUT, check=False,
                       quiet=True)
     if status.exit_code == DONE:

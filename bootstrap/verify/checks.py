@@ -11,9 +11,10 @@ from __future__ import annotations
 import ipaddress
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, Protocol
 
 from infra.plan import Plan
@@ -85,7 +86,12 @@ class Prober(Protocol):
 
 PING_TIMEOUT_S = 1
 HTTP_TIMEOUT_S = 2
-ECHO_CLIENT = "/opt/k8s-cni-lab/echo_server.py"  # installed with every pod image / node
+# The project's tools on a lab node or in a test pod: the echo server, which is both the web
+# pods' workload and the probes' HTTP client.
+IMAGE_DIR = "/opt/k8s-cni-lab"
+ECHO_SERVER = Path(__file__).with_name("echo_server.py")
+ECHO_CLIENT = f"{IMAGE_DIR}/{ECHO_SERVER.name}"
+WEB_PORT = 8080  # where the web pods' echo server listens
 # How a probe starts the echo client; a prober whose sources keep python or the client
 # elsewhere swaps this prefix (`with_client`).
 ECHO_CLIENT_ARGV = ("/usr/bin/python3", "-IS", ECHO_CLIENT)
@@ -173,22 +179,15 @@ class PodInfo:
     role: Role
 
 
-@dataclass(frozen=True)
-class NodeInfo:
-    name: str
-    private_ip: str
-    public_ip: str
-    gateway: str
-
-
-def lab_checks(nodes: Sequence[NodeInfo], pods: Sequence[PodInfo], internet: Endpoint,
-               web_port: int, internet_port: int, *,
+def lab_checks(plan: Plan, public_ips: Mapping[str, str], pods: Sequence[PodInfo],
+               internet: Endpoint, internet_port: int, *,
                internet_to_pod: bool = True) -> list[Check]:
     """The seed lab's story on the first two nodes that run pods (the first two workers):
     gateway, same node, across nodes, node to pod, pod to internet, and internet to pod
     (which must fail; left out with internet_to_pod=False where no internet host of ours
-    can send the probe)."""
-    by_node = {node.name: node for node in nodes}
+    can send the probe). Node addresses come from the plan; `public_ips` says what the
+    internet sees of each node."""
+    by_node = {node.name: node for node in plan.nodes}
     pod_nodes = list(dict.fromkeys(pod.node for pod in pods))
     if len(pod_nodes) < 2:
         raise ValueError(f"the checks need pods on two nodes, not on {pod_nodes}")
@@ -202,23 +201,23 @@ def lab_checks(nodes: Sequence[NodeInfo], pods: Sequence[PodInfo], internet: End
     far_tools = pod("tools", second)
     # "Node to pod" starts on a node other than the target pod's: the control plane, unless
     # that pod runs there (a two-node cluster).
-    master = next(node for node in nodes if node.name != second)
-    node_ep = Endpoint("node", master.name, master.private_ip, master.name)
-    gateway = Endpoint("node", f"{first} cni0", by_node[first].gateway, first)
+    master = next(node for node in plan.nodes if node.name != second)
+    node_ep = Endpoint("node", master.name, str(master.private_ip), master.name)
+    gateway = Endpoint("node", f"{first} cni0", str(by_node[first].gateway), first)
     checks = [
         Check("pod to its gateway", tools, gateway, "ping"),
-        Check("pod to pod, same node", tools, web, "http", web_port,
+        Check("pod to pod, same node", tools, web, "http", WEB_PORT,
               expect_seen=tools.ip, seen_means="sender's pod address"),
-        Check("pod to pod, across nodes", tools, far_web, "http", web_port,
+        Check("pod to pod, across nodes", tools, far_web, "http", WEB_PORT,
               expect_seen=tools.ip, seen_means="sender's pod address (no NAT in the cluster)"),
-        Check("pod to pod, across nodes (back)", far_tools, web, "http", web_port,
+        Check("pod to pod, across nodes (back)", far_tools, web, "http", WEB_PORT,
               expect_seen=far_tools.ip, seen_means="sender's pod address"),
-        Check("node to pod", node_ep, far_web, "http", web_port,
-              expect_seen=master.private_ip, seen_means="the node's private address"),
+        Check("node to pod", node_ep, far_web, "http", WEB_PORT,
+              expect_seen=str(master.private_ip), seen_means="the node's private address"),
         Check("pod to internet", tools, internet, "http", internet_port,
-              expect_seen=by_node[first].public_ip, seen_means="the node's public address"),
+              expect_seen=public_ips[first], seen_means="the node's public address"),
     ]
     if internet_to_pod:
-        checks.append(Check("internet to pod", internet, web, "http", web_port,
+        checks.append(Check("internet to pod", internet, web, "http", WEB_PORT,
                             expect_reach=False))
     return checks

@@ -3,7 +3,7 @@
 Pure parts (the manifests, the pod listing's parser, the cloud's check list) and one thin
 driver, `KubectlProber`, which the verify phase (bootstrap/phases/verify.py) runs over SSH.
 
-The web pods run the project's own echo server (lab/echo_server.py, shipped as a ConfigMap)
+The web pods run the project's own echo server (echo_server.py here, shipped as a ConfigMap)
 and every pod mounts it where `probe()` looks for the client, so only the interpreter's path
 differs from the local lab. The image is the official Docker Hub `python` image, pinned by
 tag: python3 for the echo server and client, busybox `ping` for the gateway check.
@@ -15,18 +15,17 @@ import json
 import posixpath
 import shlex
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from bootstrap.errors import LabError
 from bootstrap.inventory import Inventory
 from bootstrap.kubeadm import KUBECTL
-from bootstrap.ssh import ClusterSSH
+from bootstrap.remote import NodeCluster
 from bootstrap.verify.checks import (
     ECHO_CLIENT,
+    WEB_PORT,
     Check,
     Endpoint,
-    NodeInfo,
     PodInfo,
     SeedPod,
     lab_checks,
@@ -35,12 +34,10 @@ from bootstrap.verify.checks import (
 )
 from infra.plan import Plan
 
-ECHO_SOURCE = Path(__file__).resolve().parents[2] / "lab" / "echo_server.py"
 NAMESPACE = "k8s-cni-lab-checks"  # one `kubectl delete namespace` removes the test pods
 IMAGE = "python:3.12-alpine"  # official image: python3 at POD_PYTHON, busybox ping
 POD_PYTHON = "/usr/local/bin/python3"  # where the official python images install it
 ECHO_CONFIGMAP = "echo-server"
-WEB_PORT = 8080
 # The internet's view of a pod's traffic: a plain-HTTP service that answers with the
 # caller's public address as text (https would need more than the stdlib-only client).
 INTERNET_ECHO = Endpoint("internet", "internet", "checkip.amazonaws.com")
@@ -145,9 +142,8 @@ def parse_pods(listing: str, workers: Sequence[str]) -> list[PodInfo]:
 
 def cloud_checks(plan: Plan, inventory: Inventory, pods: Sequence[PodInfo]) -> list[Check]:
     """The local lab's checks without 'internet to pod'; the internet is checkip."""
-    nodes = [NodeInfo(node.name, str(node.private_ip), inventory.node(node.name).host,
-                      str(node.gateway)) for node in plan.nodes]
-    return lab_checks(nodes, pods, INTERNET_ECHO, WEB_PORT, INTERNET_ECHO_PORT,
+    public_ips = {node.name: node.host for node in inventory.nodes}
+    return lab_checks(plan, public_ips, pods, INTERNET_ECHO, INTERNET_ECHO_PORT,
                       internet_to_pod=False)
 
 
@@ -155,7 +151,7 @@ class KubectlProber:
     """Runs a probe as a pod (`kubectl exec` on the control plane) or as a node (the plain
     command on that node, the echo client's source on stdin)."""
 
-    def __init__(self, ssh: ClusterSSH, control_plane: str, echo_source: bytes) -> None:
+    def __init__(self, ssh: NodeCluster, control_plane: str, echo_source: bytes) -> None:
         self.ssh, self.control_plane, self.echo_source = ssh, control_plane, echo_source
 
     def run(self, source: Endpoint, argv: Sequence[str]) -> tuple[int, str]:

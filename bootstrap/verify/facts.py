@@ -4,17 +4,17 @@ parser in diagnose.py. The local lab and the cloud's verify phase both use it.""
 from __future__ import annotations
 
 from bootstrap.errors import LabError
-from bootstrap.ssh import ClusterSSH, NodeSSH
+from bootstrap.remote import NodeCluster, RemoteNode
 from bootstrap.verify.diagnose import FACTS_COMMAND, NodeFacts, parse_node_facts
 from infra.plan import Plan
 
 FACTS_TIMEOUT = 30
 
 
-def read_node_facts(ssh: ClusterSSH, plan: Plan) -> dict[str, NodeFacts]:
+def read_node_facts(ssh: NodeCluster, plan: Plan) -> dict[str, NodeFacts]:
     """FACTS_COMMAND on every node, parsed. A node that cannot tell is left out (unknown),
     never read as bare: a cause must rest on facts that were seen."""
-    def facts_output(node: NodeSSH) -> str | None:
+    def facts_output(node: RemoteNode) -> str | None:
         try:
             result = node.run(FACTS_COMMAND, timeout=FACTS_TIMEOUT, check=False, quiet=True)
         except LabError:

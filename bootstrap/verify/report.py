@@ -1,4 +1,4 @@
-"""The checks' table, the same after `pulumi up` and `make lab`."""
+"""The checks' table, the same after `pulumi up` and `make lab`, and the failures in words."""
 
 from __future__ import annotations
 
@@ -31,20 +31,6 @@ def outcome_table(outcomes: Sequence[Outcome], causes: Mapping[str, str],
     return table
 
 
-def story_table(stages: Sequence[tuple[str, Sequence[Outcome]]]) -> Table:
-    """One row per check, one column per stage: each fix turns a FAIL into a pass."""
-    table = Table(title="The seed lab's story, replayed", title_justify="left")
-    table.add_column("check")
-    table.add_column("expected")
-    for stage, _ in stages:
-        table.add_column(stage)
-    first = stages[0][1]
-    for row, outcome in enumerate(first):
-        cells = [PASS if outcomes[row].passed else FAIL for _, outcomes in stages]
-        table.add_row(outcome.check.name, outcome.check.expected, *cells)
-    return table
-
-
 def plain_text(table: Table, width: int = 140) -> str:
     """The table without colours, for a log line or an error (Pulumi's stderr)."""
     text = io.StringIO()
@@ -57,9 +43,3 @@ def failure_lines(outcomes: Sequence[Outcome], causes: Mapping[str, str]) -> lis
     return [f"{outcome.check.name}: expected {outcome.check.expected}, got {outcome.observed}. "
             f"Likely cause: {causes.get(outcome.check.name)}"
             for outcome in outcomes if not outcome.passed]
-
-
-def print_failures(console: Console, outcomes: Sequence[Outcome],
-                   causes: Mapping[str, str]) -> None:
-    for line in failure_lines(outcomes, causes):
-        console.print(f"[red]x[/] {line}")

@@ -1,14 +1,16 @@
 """Fake nodes for phase tests: scripted command replies and an in-memory file system, with
-every command, stdin and upload recorded. No SSH, no root."""
+every command, stdin and upload recorded. No SSH, no root. They implement the protocols of
+bootstrap/remote.py, so mypy checks them like the SSH classes."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from bootstrap.errors import CommandFailed
-from bootstrap.ssh import WITHHELD, RunResult, for_each_node
+from bootstrap.remote import RunResult
+from bootstrap.ssh import WITHHELD, for_each_node
 
 T = TypeVar("T")
 
@@ -56,23 +58,23 @@ class FakeNode:
     def read_file(self, path: str, *, timeout: float = 60) -> tuple[bytes, int] | None:
         return self.files.get(path)
 
-    def put(self, path: str, data: bytes, mode: int = 0o644, *, timeout: float = 60) -> None:
-        self.uploads.append(path)
-        self.files[path] = (data, mode)
-
     def put_files(self, files: Sequence[tuple[str, bytes, int]], *,
                   timeout: float = 60) -> None:
         for path, data, mode in files:
-            self.put(path, data, mode, timeout=timeout)
+            self.uploads.append(path)
+            self.files[path] = (data, mode)
+
+
+NodeT = TypeVar("NodeT", bound=FakeNode)
 
 
 @dataclass
-class FakeCluster:
-    """Stands in for ClusterSSH; runs on_all on the real bounded pool."""
+class FakeCluster(Generic[NodeT]):
+    """Stands in for ClusterSSH (both are a `NodeCluster`); runs on_all on the real pool."""
 
-    nodes: dict[str, FakeNode]
+    nodes: dict[str, NodeT]
 
-    def node(self, name: str) -> FakeNode:
+    def node(self, name: str) -> NodeT:
         return self.nodes[name]
 
     def names(self) -> list[str]:
@@ -81,7 +83,7 @@ class FakeCluster:
     def connect_all(self) -> None:
         self.on_all(FakeNode.connect)
 
-    def on_all(self, action: Callable[[FakeNode], T],
+    def on_all(self, action: Callable[[NodeT], T],
                names: Sequence[str] | None = None) -> dict[str, T]:
         chosen = self.names() if names is None else list(names)
         return for_each_node(lambda name: action(self.nodes[name]), chosen, max_workers=4)

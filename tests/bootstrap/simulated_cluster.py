@@ -27,7 +27,8 @@ from typing import Any
 import yaml
 
 from bootstrap.errors import CommandFailed, SSHUnreachable
-from bootstrap.ssh import WITHHELD, RunResult
+from bootstrap.remote import RunResult
+from bootstrap.ssh import WITHHELD
 from infra.plan import Plan
 from tests.bootstrap.fakes import FakeCluster, FakeNode, Reply
 
@@ -404,17 +405,12 @@ class SimulatedNode(FakeNode):
 
 
 @dataclass
-class SimulatedCluster(FakeCluster):
+class SimulatedCluster(FakeCluster[SimulatedNode]):
     """FakeCluster over SimulatedNodes that share one API server."""
-
-    nodes: dict[str, SimulatedNode]  # type: ignore[assignment]
 
     @property
     def api(self) -> ApiServer:
         return next(iter(self.nodes.values())).api
-
-    def node(self, name: str) -> SimulatedNode:
-        return self.nodes[name]
 
     def connect_all(self) -> None:
         self.on_all(lambda node: node.connect())  # the subclass's connect, with its fault
@@ -437,4 +433,4 @@ def simulated_cluster(plan: Plan, *, master_replies: Sequence[Reply] = (),
     nodes[plan.control_plane.name].replies.extend(master_replies)
     for node in nodes.values():
         node.files["/run/systemd/system"] = (b"", 0o755)
-    return SimulatedCluster(nodes)  # type: ignore[arg-type]
+    return SimulatedCluster(nodes)

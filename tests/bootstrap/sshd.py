@@ -97,13 +97,11 @@ class TestSSHServer:
         self.process.wait()
 
     def access(self, name: str, *, host_key: str | None = None) -> NodeAccess:
-        return NodeAccess(name=name, role="worker", host="127.0.0.1", port=self.port,
-                          user="root", host_key=host_key or self.host_key.public_line,
-                          private_ip="10.0.1.10", pod_cidr="10.244.0.0/24")
+        return NodeAccess(name=name, host="127.0.0.1", port=self.port, user="root",
+                          host_key=host_key or self.host_key.public_line)
 
     def inventory(self, names: tuple[str, ...] = ("node-a",), *,
                   host_key: str | None = None) -> Inventory:
         return Inventory(nodes=tuple(self.access(name, host_key=host_key) for name in names),
-                         private_key=self.client_key.private_openssh,
-                         cluster_cidr="10.244.0.0/16")
+                         private_key=self.client_key.private_openssh)
 

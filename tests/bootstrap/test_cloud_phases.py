@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from bootstrap.errors import CommandFailed, LabError
-from bootstrap.inventory import Inventory, inventory_from_plan
+from bootstrap.inventory import Inventory, inventory_for_plan
 from bootstrap.kubeadm import (
     ADMIN_KUBECONFIG,
     API_PHASES,
@@ -45,7 +45,7 @@ from bootstrap.kubeadm import (
 )
 from bootstrap.node_network import BOOT_COMMAND, NODE_FILES
 from bootstrap.phases import cloud_workflow, run_cloud_workflow
-from bootstrap.phases.context import CloudData
+from bootstrap.phases.context import CloudContext
 from bootstrap.phases.join import JOIN_TIMEOUT, run_join
 from bootstrap.phases.kubeadm_init import run_kubeadm_init
 from bootstrap.phases.kubeconfig import run_kubeconfig
@@ -78,14 +78,14 @@ CHANGING = ("kubeadm init", "kubeadm join", "kubeadm reset", "token create", "to
 
 
 def inventory() -> Inventory:
-    return inventory_from_plan(PLAN, hosts=PUBLIC,
-                               host_keys=dict.fromkeys(PUBLIC, new_ed25519_key().public_line),
-                               private_key="unused by fakes")
+    return inventory_for_plan(PLAN, hosts=PUBLIC,
+                              host_keys=dict.fromkeys(PUBLIC, new_ed25519_key().public_line),
+                              private_key="unused by fakes")
 
 
-def context(cluster: FakeCluster, tmp_path: Path) -> CloudData:
-    return CloudData(PLAN, inventory(), cluster, tmp_path / "plugin",  # type: ignore[arg-type]
-                     tmp_path / "kubeconfig")
+def context(cluster: FakeCluster, tmp_path: Path) -> CloudContext:
+    return CloudContext(plan=PLAN, inventory=inventory(), ssh=cluster,
+                        plugin_source=tmp_path / "plugin", kubeconfig_path=tmp_path / "kubeconfig")
 
 
 def cluster(**replies: list[Reply]) -> FakeCluster:
@@ -101,9 +101,9 @@ def simulated() -> SimulatedCluster:
 def run_phases(nodes: SimulatedCluster, tmp_path: Path, *only: str) -> list[str]:
     plugin = tmp_path / "lab_cni.py"
     plugin.write_bytes(b"plugin")
-    return run_cloud_workflow(PLAN, inventory(), kubeconfig_path=tmp_path / "kubeconfig",
-                              ssh=nodes, plugin_source=plugin,  # type: ignore[arg-type]
-                              only=only)
+    return run_cloud_workflow(CloudContext(plan=PLAN, inventory=inventory(), ssh=nodes,
+                                           plugin_source=plugin,
+                                           kubeconfig_path=tmp_path / "kubeconfig"), only=only)
 
 
 def commands_since(nodes: FakeCluster, counts: dict[str, int]) -> list[str]:

@@ -17,11 +17,11 @@ import pytest
 from bootstrap.errors import CommandFailed, LabError
 from bootstrap.kubeadm import ADMIN_KUBECONFIG
 from bootstrap.phases import cloud_workflow
-from bootstrap.phases.context import CloudData
+from bootstrap.phases.context import CloudContext
 from bootstrap.phases.verify import run_verify
 from bootstrap.phases.workflow import Runner
 from bootstrap.provider import BootstrapFailed, BootstrapProvider
-from bootstrap.verify.checks import Outcome, PodInfo
+from bootstrap.verify.checks import ECHO_SERVER, Outcome, PodInfo
 from bootstrap.verify.cloud import cloud_checks, parse_pods, render_manifests
 from infra.plan import Settings, make_plan
 from tests.bootstrap import cloud_replies as replies
@@ -32,7 +32,7 @@ from tests.bootstrap.test_provider import Connections, healthy_cluster
 from tests.bootstrap.test_provider import inputs as provider_inputs
 
 WORKERS = ["worker-1", "worker-2"]
-ECHO_BYTES = (Path(__file__).resolve().parents[2] / "lab" / "echo_server.py").read_bytes()
+ECHO_BYTES = ECHO_SERVER.read_bytes()
 POD_INFOS = [PodInfo(name, node, ip, "web" if name.startswith("nginx") else "tools")
              for name, (node, ip) in replies.PODS.items()]
 SECRET_KEY_DATA = "U0VDUkVU"  # the client key in ADMIN_CONF
@@ -48,9 +48,9 @@ class Recorded:
         self.outcomes.extend(outcomes)
 
 
-def verify_context(nodes: FakeCluster, tmp_path: Path, sink: Recorded) -> CloudData:
-    return CloudData(PLAN, inventory(), nodes, tmp_path / "plugin",  # type: ignore[arg-type]
-                     tmp_path / "kubeconfig", sink)
+def verify_context(nodes: FakeCluster, tmp_path: Path, sink: Recorded) -> CloudContext:
+    return CloudContext(plan=PLAN, inventory=inventory(), ssh=nodes,
+                        kubeconfig_path=tmp_path / "kubeconfig", on_checks=sink)
 
 
 def healthy(**extra: list[Reply]) -> FakeCluster:
@@ -237,8 +237,8 @@ def test_verify_runs_last_and_can_be_skipped(tmp_path: Path) -> None:
 def test_a_cluster_with_one_worker_has_no_cross_node_checks_to_run(tmp_path: Path) -> None:
     plan = make_plan(Settings(node_count=2))
     nodes = FakeCluster({name: healthy().node(name) for name in plan.node_names()})
-    context = CloudData(plan, inventory(), nodes, tmp_path,  # type: ignore[arg-type]
-                        tmp_path / "kubeconfig")
+    context = CloudContext(plan=plan, inventory=inventory(), ssh=nodes,
+                           kubeconfig_path=tmp_path / "kubeconfig")
     assert Runner(cloud_workflow(), lambda: context).run(only=["verify"]) == []
     assert nodes.node("master").commands == []
 

@@ -67,9 +67,9 @@ def inputs(settings: Settings | None = None, **changes: Any) -> dict[str, Any]:
     plan = make_plan(settings)
     props: dict[str, Any] = {
         "settings": asdict(settings),
-        "nodes": [{"name": n.name, "role": n.role, "publicIp": PUBLIC.get(n.name, "203.0.113.99"),
+        "nodes": [{"name": n.name, "publicIp": PUBLIC.get(n.name, "203.0.113.99"),
                    "sshPort": 22, "hostKey": HOST_KEYS.get(n.name, HOST_KEYS["master"]),
-                   "privateIp": str(n.private_ip), "podCidr": str(n.pod_cidr)}
+                   "privateIp": str(n.private_ip)}
                   for n in plan.nodes],
         "sshUser": "ubuntu",
         "privateKey": LOGIN_KEY.private_openssh,
@@ -237,15 +237,14 @@ def test_check_accepts_good_and_unknown_inputs() -> None:
 
 @pytest.mark.parametrize(("news", "failure"), [
     (with_node(inputs(), "worker-1", privateIp="10.0.1.99"),
-     ("nodes", "node worker-1: inventory has private IP 10.0.1.99")),
+     ("nodes", "node worker-1: the cloud reports private IP 10.0.1.99; the plan says "
+               "10.0.1.11")),
     (with_node(inputs(), "worker-1", hostKey="ssh-ed25519"),
      ("nodes", "node worker-1: host key 'ssh-ed25519' is not an OpenSSH public key line")),
     (with_node(inputs(), "worker-2", sshPort="ssh"),
      ("nodes", "malformed node entry: ValueError(\"invalid literal for int()")),
     (inputs() | {"nodes": [{"name": "master"}]},
-     ("nodes", "malformed node entry: KeyError('role')")),
-    (with_node(inputs(), "master", role="worker"),
-     ("nodes", "node master: inventory has role worker; the plan says control-plane")),
+     ("nodes", "malformed node entry: KeyError('publicIp')")),
     (inputs(Settings(node_count=4)) | {"nodes": inputs()["nodes"]},
      ("nodes", "inventory nodes ['master', 'worker-1', 'worker-2'] differ")),
     (inputs() | {"settings": asdict(Settings(kubernetes_version="1.31"))},

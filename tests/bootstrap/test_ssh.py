@@ -131,10 +131,10 @@ def test_put_writes_atomically_with_mode_and_creates_directories(
     target = tmp_path / "remote" / "deep" / "plugin"
     with cluster(sshd) as nodes:
         node = nodes.node("node-a")
-        node.put(str(target), b"#!/bin/sh\necho v1\n", 0o755)
+        node.put_files([(str(target), b"#!/bin/sh\necho v1\n", 0o755)])
         assert target.read_bytes() == b"#!/bin/sh\necho v1\n"
         assert target.stat().st_mode & 0o7777 == 0o755
-        node.put(str(target), b"v2\n", 0o640)
+        node.put_files([(str(target), b"v2\n", 0o640)])
     assert target.read_bytes() == b"v2\n"
     assert target.stat().st_mode & 0o7777 == 0o640
     assert sorted(p.name for p in target.parent.iterdir()) == ["plugin"]  # no temp files left

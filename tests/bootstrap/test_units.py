@@ -20,13 +20,17 @@ from bootstrap.errors import (
     PhaseError,
     PrivateKeyError,
 )
-from bootstrap.inventory import Inventory, NodeAccess, inventory_from_plan
-from bootstrap.phases.context import check_inventory_matches_plan
+from bootstrap.inventory import (
+    Inventory,
+    NodeAccess,
+    check_agrees_with_plan,
+    inventory_for_plan,
+)
 from bootstrap.phases.node_network import enable_boot_unit
+from bootstrap.remote import RunResult
 from bootstrap.remote_files import DesiredFile, RemoteFile, files_to_write
 from bootstrap.ssh import (
     ConnectPolicy,
-    RunResult,
     for_each_node,
     host_key_name,
     load_private_key,
@@ -74,16 +78,13 @@ def test_a_bad_private_key_is_refused_without_quoting_it() -> None:
     assert "c2VjcmV0" not in str(refused.value) and "Ed25519 or RSA" in str(refused.value)
 
 
-def _access(name: str = "master", **changes: object) -> NodeAccess:
-    fields: dict[str, object] = dict(name=name, role="control-plane", host="203.0.113.10",
-                                     host_key=HOST_KEY, private_ip="10.0.1.10",
-                                     pod_cidr="10.244.0.0/24")
-    return NodeAccess(**{**fields, **changes})  # type: ignore[arg-type]
+def _access(name: str = "master", host_key: str = HOST_KEY, port: int = 22) -> NodeAccess:
+    return NodeAccess(name=name, host="203.0.113.10", port=port, host_key=host_key)
 
 
 def test_inventory_hides_the_private_key_and_finds_nodes_by_name() -> None:
     key = new_ed25519_key().private_openssh
-    inventory = Inventory(nodes=(_access(),), private_key=key, cluster_cidr="10.244.0.0/16")
+    inventory = Inventory(nodes=(_access(),), private_key=key)
     assert key.splitlines()[1] not in repr(inventory) and "private_key" not in repr(inventory)
     assert inventory.node("master").port == 22 and inventory.node("master").user == "ubuntu"
     assert inventory.node("master").address == "203.0.113.10:22"
@@ -97,41 +98,34 @@ def test_inventory_refuses_bad_host_keys_and_duplicate_names() -> None:
     with pytest.raises(InventoryError, match="not valid base64"):
         _access(host_key="ssh-ed25519 !!!")
     with pytest.raises(InventoryError, match="twice: master"):
-        Inventory(nodes=(_access(), _access()), private_key="k", cluster_cidr="10.244.0.0/16")
+        Inventory(nodes=(_access(), _access()), private_key="k")
 
 
-def test_inventory_from_plan_takes_addresses_from_the_plan() -> None:
+def test_inventory_for_plan_lists_the_plans_nodes_in_order() -> None:
     names = PLAN.node_names()
-    inventory = inventory_from_plan(PLAN, hosts={n: f"198.51.100.{i}" for i, n in
-                                                 enumerate(names)},
-                                    host_keys=dict.fromkeys(names, HOST_KEY), private_key="k")
-    worker = inventory.node("worker-2")
-    assert (worker.host, worker.private_ip, worker.pod_cidr, worker.role) == (
-        "198.51.100.2", "10.0.1.12", "10.244.2.0/24", "worker")
-    assert inventory.cluster_cidr == "10.244.0.0/16"
-    check_inventory_matches_plan(PLAN, inventory)
+    inventory = inventory_for_plan(PLAN, hosts={n: f"198.51.100.{i}" for i, n in
+                                                enumerate(names)},
+                                   host_keys=dict.fromkeys(names, HOST_KEY), private_key="k")
+    assert inventory.names() == names
+    assert inventory.node("worker-2").host == "198.51.100.2"
     with pytest.raises(InventoryError, match=r"no SSH address or host key for node.*worker-2"):
-        inventory_from_plan(PLAN, hosts={}, host_keys={}, private_key="k")
+        inventory_for_plan(PLAN, hosts={}, host_keys={}, private_key="k")
 
 
-def test_an_inventory_that_disagrees_with_the_plan_is_refused() -> None:
+def test_nodes_made_elsewhere_must_be_the_plans_nodes_at_the_plans_addresses() -> None:
     names = PLAN.node_names()
-    good = inventory_from_plan(PLAN, hosts=dict.fromkeys(names, "h"),
-                               host_keys=dict.fromkeys(names, HOST_KEY), private_key="k")
-    moved = (*good.nodes[:2], _access("worker-2", role="worker", pod_cidr="10.244.9.0/24",
-                                      private_ip="10.0.1.12"))
-    with pytest.raises(InventoryError, match=r"worker-2: .* pod CIDR 10.244.9.0/24; the plan "
-                                             r"says 10.0.1.12 and 10.244.2.0/24"):
-        check_inventory_matches_plan(PLAN, Inventory(nodes=moved, private_key="k",
-                                                     cluster_cidr=good.cluster_cidr))
+    good = inventory_for_plan(PLAN, hosts=dict.fromkeys(names, "h"),
+                              host_keys=dict.fromkeys(names, HOST_KEY), private_key="k")
+    planned = {node.name: str(node.private_ip) for node in PLAN.nodes}
+    check_agrees_with_plan(PLAN, good, planned)
+    with pytest.raises(InventoryError, match=r"worker-2: the cloud reports private IP "
+                                             r"10.0.1.99; the plan says 10.0.1.12"):
+        check_agrees_with_plan(PLAN, good, {**planned, "worker-2": "10.0.1.99"})
     with pytest.raises(InventoryError, match="differ from the plan"):
-        check_inventory_matches_plan(PLAN, Inventory(nodes=good.nodes[:2], private_key="k",
-                                                     cluster_cidr=good.cluster_cidr))
-    promoted = (*good.nodes[:2], _access("worker-2", private_ip="10.0.1.12",
-                                         pod_cidr="10.244.2.0/24"))  # role control-plane
-    with pytest.raises(InventoryError, match="worker-2: inventory has role control-plane"):
-        check_inventory_matches_plan(PLAN, Inventory(nodes=promoted, private_key="k",
-                                                     cluster_cidr=good.cluster_cidr))
+        check_agrees_with_plan(PLAN, Inventory(nodes=good.nodes[:2], private_key="k"), planned)
+    reordered = Inventory(nodes=good.nodes[::-1], private_key="k")
+    with pytest.raises(InventoryError, match="differ from the plan"):
+        check_agrees_with_plan(PLAN, reordered, planned)
 
 
 def test_remote_command_is_bounded_and_uses_sudo_for_other_users() -> None:
@@ -227,7 +221,7 @@ def test_boot_unit_is_enabled_only_under_systemd_and_only_once(
         node: FakeNode, unit_changed: bool, commands: list[str],
         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level("INFO", logger="k8s_cni_lab.phases")
-    enable_boot_unit(node, unit_changed=unit_changed)  # type: ignore[arg-type]
+    enable_boot_unit(node, unit_changed=unit_changed)
     assert node.commands == commands
     if not node.files:
         assert caplog.records[0].getMessage() == (

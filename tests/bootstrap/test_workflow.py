@@ -10,7 +10,7 @@ import pytest
 
 from bootstrap.errors import CommandFailed, PhaseError, UnknownPhase
 from bootstrap.phases import Phase, Runner, local_workflow
-from bootstrap.ssh import RunResult
+from bootstrap.remote import RunResult
 
 
 @dataclass

@@ -350,7 +350,7 @@ def test_outputs_describe_every_node(deploy):
     def check(outputs: dict) -> None:
         for node in DEFAULT_PLAN.nodes:
             entry = outputs["nodes"][node.name]
-            public_ip = outputs["publicIpsByRole"][node.name]
+            public_ip = outputs["publicIpsByNode"][node.name]
             assert entry == {
                 "role": node.role,
                 "publicIp": public_ip,
@@ -361,7 +361,7 @@ def test_outputs_describe_every_node(deploy):
                 "eniId": f"eni-lab-{node.name}",
                 "instanceId": f"lab-{node.name}-id",
             }
-            assert outputs["privateIpsByRole"][node.name] == str(node.private_ip)
+            assert outputs["privateIpsByNode"][node.name] == str(node.private_ip)
             assert outputs["podCidrsByNode"][node.name] == str(node.pod_cidr)
             assert outputs["eniIds"][node.name] == entry["eniId"]
             assert outputs["hostPublicKeys"][node.name] == entry["hostPublicKey"]
@@ -369,7 +369,7 @@ def test_outputs_describe_every_node(deploy):
             assert outputs["sshCommands"][node.name] == (
                 "ssh -i k8s-cni-lab-dev.pem -o UserKnownHostsFile=k8s-cni-lab-dev.known_hosts "
                 f"-o StrictHostKeyChecking=yes ubuntu@{public_ip}")
-        assert sorted(outputs["publicIpsByRole"]) == ["master", "worker-1", "worker-2"]
+        assert sorted(outputs["publicIpsByNode"]) == ["master", "worker-1", "worker-2"]
         assert outputs["routeTableId"] == "lab-routes-id"
         assert outputs["keyPairName"] == "lab-login-key"
         assert outputs["sshUser"] == "ubuntu"
@@ -404,9 +404,9 @@ def test_bootstrap_gets_each_nodes_address_and_pinned_host_key(deploy):
         bootstrap = lab.one(BOOTSTRAP)
         public_ips = {name: state["publicIp"] for name, state in instances(lab).items()}
         assert bootstrap["nodes"] == [
-            {"name": node.name, "role": node.role, "publicIp": public_ips[node.name],
-             "sshPort": 22, "hostKey": fake_public_key(f"lab-{node.name}-host-key"),
-             "privateIp": str(node.private_ip), "podCidr": str(node.pod_cidr)}
+            {"name": node.name, "publicIp": public_ips[node.name], "sshPort": 22,
+             "hostKey": fake_public_key(f"lab-{node.name}-host-key"),
+             "privateIp": str(node.private_ip)}
             for node in DEFAULT_PLAN.nodes]
         assert bootstrap["sshUser"] == "ubuntu"
         assert bootstrap["privateKey"] == lab.registered(PRIVATE_KEY)["lab-login-key"][

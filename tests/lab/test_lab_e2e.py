@@ -17,8 +17,7 @@ from rich.console import Console
 
 from bootstrap import node_network
 from bootstrap.ssh import NodeSSH
-from lab import lab as local
-from lab import network, nodes, story
+from lab import lifecycle, network, nodes, story
 
 pytestmark = [
     pytest.mark.e2e,
@@ -62,24 +61,24 @@ def assert_nothing_left(name: str, before: Footprint) -> None:
 
 
 @pytest.fixture(scope="module")
-def running_lab() -> Iterator[local.LocalLab]:
+def running_lab() -> Iterator[lifecycle.LocalLab]:
     name = lab_name()
     console = Console(file=io.StringIO(), width=200)
     held: Footprint | None = None
     try:
-        lab = local.build(local.LabOptions(name=name), console)
+        lab = lifecycle.build(lifecycle.LabOptions(name=name), console)
         with lab.ssh:
-            local.bootstrap(lab)
+            lifecycle.bootstrap(lab)
             lab.start_pods()
             held = footprint(name)
             yield lab
     finally:
-        local.down(name)
+        lifecycle.down(name)
     assert held is not None
     assert_nothing_left(name, held)
 
 
-def failures(lab: local.LocalLab) -> dict[str, str]:
+def failures(lab: lifecycle.LocalLab) -> dict[str, str]:
     outcomes, causes = lab.run_checks()
     return {o.check.name: f"{o.observed}: {causes.get(o.check.name)}"
             for o in outcomes if not o.passed}
@@ -99,7 +98,7 @@ def test_the_bootstrap_logged_in_as_ubuntu_and_used_sudo(running_lab):
     staged = node.run("ls -A /tmp", timeout=30, quiet=True).output
     assert ".k8s-cni-lab" not in staged  # uploads staged for sudo are cleaned up
     # A root-only file (as kubeadm's admin.conf is) is read through sudo; absent is None.
-    node.put("/etc/k8s-cni-lab/private.conf", b"key: not-for-ubuntu\n", 0o600)
+    node.put_files([("/etc/k8s-cni-lab/private.conf", b"key: not-for-ubuntu\n", 0o600)])
     assert node.read_file("/etc/k8s-cni-lab/private.conf") == (b"key: not-for-ubuntu\n", 0o600)
     assert node.read_file("/etc/k8s-cni-lab/absent.conf") is None
     node.run("rm /etc/k8s-cni-lab/private.conf", timeout=30)
@@ -117,14 +116,14 @@ def test_a_pod_that_fails_to_start_leaves_no_namespace_and_no_address(running_la
     store = "ls /var/lib/cni/networks/lab-net | sort"
     reserved = node.run(store, timeout=30, quiet=True).output
     # The workload cannot bind port 99999: the runtime must undo the CNI ADD and the netns.
-    failed = node.run(f"{local.RUNTIME} run doomed --port 99999", timeout=60, check=False,
+    failed = node.run(f"{lifecycle.RUNTIME} run doomed --port 99999", timeout=60, check=False,
                       quiet=True)
     assert failed.exit_code == 1 and "doomed" not in node.run(
         "ip netns list", timeout=30, quiet=True).output
     assert node.run(store, timeout=30, quiet=True).output == reserved
 
 
-def node_state(lab: local.LocalLab, name: str) -> str:
+def node_state(lab: lifecycle.LocalLab, name: str) -> str:
     return lab.ssh.node(name).run(
         "iptables-save | grep -v '^#'; ip -4 -o addr show cni0; ip -o link show cni0; "
         "sysctl net.ipv4.ip_forward",
@@ -133,7 +132,7 @@ def node_state(lab: local.LocalLab, name: str) -> str:
 
 def test_node_network_applied_again_changes_nothing(running_lab):
     before = {name: node_state(running_lab, name) for name in running_lab.ssh.names()}
-    assert local.bootstrap(running_lab, only=("node-network",)) == ["node-network"]
+    assert lifecycle.bootstrap(running_lab, only=("node-network",)) == ["node-network"]
     for name, state in before.items():
         assert "-j LAB-FWD" in state and "MASQUERADE" in state, name  # applied, not empty
         assert node_state(running_lab, name).splitlines() == state.splitlines(), name
@@ -155,7 +154,7 @@ def test_a_reboot_then_the_boot_unit_restores_every_check(running_lab):
     def boot(node: NodeSSH) -> None:
         node.run(node_network.BOOT_COMMAND, timeout=60, quiet=True)
         for pod in (p.name for p in running_lab.pods if p.node == node.name):
-            node.run(f"{local.RUNTIME} stop {pod}", timeout=60, quiet=True)
+            node.run(f"{lifecycle.RUNTIME} stop {pod}", timeout=60, quiet=True)
 
     running_lab.ssh.on_all(boot, workers)
     running_lab.start_pods()
@@ -165,15 +164,15 @@ def test_a_reboot_then_the_boot_unit_restores_every_check(running_lab):
 def test_two_nodes_run_every_check_with_pods_on_the_control_plane():
     name = lab_name()
     try:
-        lab = local.build(local.LabOptions(name=name, node_count=2, user="root"),
+        lab = lifecycle.build(lifecycle.LabOptions(name=name, node_count=2, user="root"),
                           Console(file=io.StringIO()))
         with lab.ssh:
-            local.bootstrap(lab)
+            lifecycle.bootstrap(lab)
             assert {pod.node for pod in lab.start_pods()} == {"master", "worker-1"}
             held = footprint(name)
             assert failures(lab) == {}
     finally:
-        local.down(name)
+        lifecycle.down(name)
     assert_nothing_left(name, held)
 
 
@@ -182,13 +181,13 @@ def test_the_story_turns_each_failure_into_a_pass():
     console = Console(file=io.StringIO(), width=200)
     try:
         # As root, where the main fixture logs in as ubuntu with sudo: both paths run.
-        lab = local.build(local.LabOptions(name=name, user="root"), console,
+        lab = lifecycle.build(lifecycle.LabOptions(name=name, user="root"), console,
                           pod_routes=False)
         with lab.ssh:
             stages = story.replay(lab)
             held = footprint(name)
     finally:
-        local.down(name)
+        lifecycle.down(name)
     assert_nothing_left(name, held)
     failing = [sorted(o.check.name for o in stage.outcomes if not o.passed) for stage in stages]
     across = ["node to pod", "pod to pod, across nodes", "pod to pod, across nodes (back)"]

@@ -7,9 +7,9 @@ import pytest
 from bootstrap.verify.checks import (
     ECHO_CLIENT,
     ECHO_CLIENT_ARGV,
+    WEB_PORT,
     Check,
     Endpoint,
-    NodeInfo,
     PodInfo,
     lab_checks,
     pod_hosts,
@@ -21,9 +21,8 @@ from bootstrap.verify.checks import (
 )
 from infra.plan import Settings, make_plan
 
-NODES = [NodeInfo("master", "10.0.1.10", "203.0.113.10", "10.244.0.1"),
-         NodeInfo("worker-1", "10.0.1.11", "203.0.113.11", "10.244.1.1"),
-         NodeInfo("worker-2", "10.0.1.12", "203.0.113.12", "10.244.2.1")]
+PLAN = make_plan()
+PUBLIC = {"master": "203.0.113.10", "worker-1": "203.0.113.11", "worker-2": "203.0.113.12"}
 PODS = [PodInfo("nginx-worker-1", "worker-1", "10.244.1.2", "web"),
         PodInfo("bash-worker-1", "worker-1", "10.244.1.3", "tools"),
         PodInfo("nginx-worker-2", "worker-2", "10.244.2.2", "web"),
@@ -48,30 +47,30 @@ class ScriptedProber:
         if source.kind == "internet":
             return 1, "unreachable: timed out"
         if target == INTERNET.ip:
-            public = next(n.public_ip for n in NODES if n.name == source.node)
+            public = PUBLIC[str(source.node)]
             return 0, f'{{"client": "{public}"}}'
         seen = source.ip
         target_node = next(p.node for p in PODS if p.ip == target)
         if self.nat_inside and source.kind == "pod" and source.node != target_node:
-            seen = next(n.private_ip for n in NODES if n.name == source.node)
+            seen = str(PLAN.node(str(source.node)).private_ip)
         return 0, f'{{"server": "x", "client": "{seen}"}}'
 
 
 def test_the_lab_story_has_every_check_of_the_seed_lab():
-    names = [check.name for check in lab_checks(NODES, PODS, INTERNET, 8080, 80)]
+    names = [check.name for check in lab_checks(PLAN, PUBLIC, PODS, INTERNET, 80)]
     assert names == ["pod to its gateway", "pod to pod, same node", "pod to pod, across nodes",
                      "pod to pod, across nodes (back)", "node to pod", "pod to internet",
                      "internet to pod"]
 
 
 def test_a_healthy_cluster_passes_every_check():
-    outcomes = run_checks(ScriptedProber(), lab_checks(NODES, PODS, INTERNET, 8080, 80))
+    outcomes = run_checks(ScriptedProber(), lab_checks(PLAN, PUBLIC, PODS, INTERNET, 80))
     assert [o.check.name for o in outcomes if not o.passed] == []
 
 
 def test_nat_inside_the_cluster_fails_the_cross_node_checks_only():
     outcomes = run_checks(ScriptedProber(nat_inside=True),
-                          lab_checks(NODES, PODS, INTERNET, 8080, 80))
+                          lab_checks(PLAN, PUBLIC, PODS, INTERNET, 80))
     failed = [o for o in outcomes if not o.passed]
     assert [o.check.name for o in failed] == ["pod to pod, across nodes",
                                               "pod to pod, across nodes (back)"]
@@ -80,7 +79,7 @@ def test_nat_inside_the_cluster_fails_the_cross_node_checks_only():
 
 def test_an_unexpected_answer_from_the_internet_fails():
     check = Check("internet to pod", INTERNET, Endpoint("pod", "p", "10.244.1.2", "worker-1"),
-                  "http", 8080, expect_reach=False)
+                  "http", WEB_PORT, expect_reach=False)
 
     class Open:
         def run(self, source, argv):
@@ -92,7 +91,7 @@ def test_an_unexpected_answer_from_the_internet_fails():
 
 
 def test_a_garbled_answer_counts_as_unreachable_with_the_text_kept():
-    check = lab_checks(NODES, PODS, INTERNET, 8080, 80)[1]
+    check = lab_checks(PLAN, PUBLIC, PODS, INTERNET, 80)[1]
 
     class Garbled:
         def run(self, source, argv):
@@ -115,7 +114,7 @@ def test_a_plain_text_address_counts_as_what_the_target_saw():
 
 
 def test_a_prober_can_start_the_echo_client_its_own_way():
-    check = lab_checks(NODES, PODS, INTERNET, 8080, 80)[1]
+    check = lab_checks(PLAN, PUBLIC, PODS, INTERNET, 80)[1]
     prober = ScriptedProber()
     probe(prober, check)
     argv = prober.calls[0][1]
@@ -127,8 +126,8 @@ def test_a_prober_can_start_the_echo_client_its_own_way():
 
 
 def test_the_internet_to_pod_check_can_be_left_out():
-    kept = lab_checks(NODES, PODS, INTERNET, 8080, 80)
-    dropped = lab_checks(NODES, PODS, INTERNET, 8080, 80, internet_to_pod=False)
+    kept = lab_checks(PLAN, PUBLIC, PODS, INTERNET, 80)
+    dropped = lab_checks(PLAN, PUBLIC, PODS, INTERNET, 80, internet_to_pod=False)
     assert dropped == kept[:-1] and kept[-1].name == "internet to pod"
 
 
@@ -138,7 +137,8 @@ def test_with_one_worker_the_control_plane_hosts_the_far_pods():
             PodInfo("bash-worker-1", "worker-1", "10.244.1.3", "tools"),
             PodInfo("nginx-master", "master", "10.244.0.2", "web"),
             PodInfo("bash-master", "master", "10.244.0.3", "tools")]
-    checks = {c.name: c for c in lab_checks(NODES[:2], pods, INTERNET, 8080, 80)}
+    two_nodes = make_plan(Settings(node_count=2))
+    checks = {c.name: c for c in lab_checks(two_nodes, PUBLIC, pods, INTERNET, 80)}
     assert checks["pod to pod, across nodes"].target.name == "nginx-master"
     node_to_pod = checks["node to pod"]
     assert (node_to_pod.source.name, node_to_pod.expect_seen) == ("worker-1", "10.0.1.11")
@@ -146,7 +146,7 @@ def test_with_one_worker_the_control_plane_hosts_the_far_pods():
 
 def test_pods_on_a_single_node_cannot_make_the_checks():
     with pytest.raises(ValueError, match="pods on two nodes"):
-        lab_checks(NODES, [p for p in PODS if p.node == "worker-1"], INTERNET, 8080, 80)
+        lab_checks(PLAN, PUBLIC, [p for p in PODS if p.node == "worker-1"], INTERNET, 80)
 
 
 def test_pod_hosts_are_two_workers_or_the_only_worker_and_the_control_plane():

@@ -4,7 +4,7 @@ import pytest
 
 from bootstrap.verify.checks import Endpoint, lab_checks, run_checks
 from bootstrap.verify.diagnose import NodeFacts, failure_causes, likely_cause, parse_node_facts
-from tests.verify.test_checks import INTERNET, NODES, PODS, ScriptedProber
+from tests.verify.test_checks import INTERNET, PLAN, PODS, PUBLIC, ScriptedProber
 
 CLUSTER = "10.244.0.0/16"
 HEALTHY = """1
@@ -59,8 +59,8 @@ def test_a_rule_for_another_nodes_pods_does_not_count():
 
 
 def outcomes_by_name(prober):
-    return {o.check.name: o for o in run_checks(prober, lab_checks(NODES, PODS, INTERNET,
-                                                                   8080, 80))}
+    checks = lab_checks(PLAN, PUBLIC, PODS, INTERNET, 80)
+    return {o.check.name: o for o in run_checks(prober, checks)}
 
 
 class Silent:
@@ -71,7 +71,7 @@ class Silent:
 
 
 def facts_everywhere(text: str, pod_cidrs=("10.244.0.0/24", "10.244.1.0/24", "10.244.2.0/24")):
-    names = [node.name for node in NODES]
+    names = [node.name for node in PLAN.nodes]
     return {name: parse_node_facts(text, cidr, CLUSTER)
             for name, cidr in zip(names, pod_cidrs, strict=True)}
 
@@ -85,7 +85,7 @@ def facts_everywhere(text: str, pod_cidrs=("10.244.0.0/24", "10.244.1.0/24", "10
 ])
 def test_each_failure_gets_its_cause(facts_text, routed, check, cause):
     outcome = outcomes_by_name(Silent())[check]
-    routes = {node.name: routed for node in NODES}
+    routes = {node.name: routed for node in PLAN.nodes}
     assert cause in likely_cause(outcome, facts_everywhere(facts_text), routes)
 
 
@@ -102,7 +102,7 @@ def test_an_unknown_route_is_named_as_what_to_check_not_as_the_cause():
     assert cause.startswith("unreachable: timed out; the nodes' rules look right: check the "
                             "VPC route for worker-2's pod CIDR")
     assert "no route" not in cause
-    known = likely_cause(outcome, facts_everywhere(HEALTHY), {n.name: True for n in NODES})
+    known = likely_cause(outcome, facts_everywhere(HEALTHY), {n.name: True for n in PLAN.nodes})
     assert known == "unreachable: timed out (no known cause matched)"  # the lab's as before
 
 
@@ -113,10 +113,10 @@ def test_facts_are_read_only_when_a_check_failed():
         reads.append(1)
         return facts_everywhere(BARE)
 
-    passing = run_checks(ScriptedProber(), lab_checks(NODES, PODS, INTERNET, 8080, 80))
+    passing = run_checks(ScriptedProber(), lab_checks(PLAN, PUBLIC, PODS, INTERNET, 80))
     assert failure_causes(passing, read_facts, {}) == {} and reads == []
     failing = run_checks(ScriptedProber(nat_inside=True),
-                         lab_checks(NODES, PODS, INTERNET, 8080, 80))
+                         lab_checks(PLAN, PUBLIC, PODS, INTERNET, 80))
     causes = failure_causes(failing, read_facts, {})
     assert list(causes) == ["pod to pod, across nodes", "pod to pod, across nodes (back)"]
     assert reads == [1]

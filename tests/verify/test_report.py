@@ -5,8 +5,9 @@ import io
 from rich.console import Console
 
 from bootstrap.verify.checks import lab_checks, run_checks
-from bootstrap.verify.report import failure_lines, outcome_table, plain_text, print_failures
-from tests.verify.test_checks import INTERNET, NODES, PODS, ScriptedProber
+from bootstrap.verify.report import failure_lines, outcome_table, plain_text
+from lab.cli import print_failures
+from tests.verify.test_checks import INTERNET, PLAN, PODS, PUBLIC, ScriptedProber
 
 CAUSES = {"pod to pod, across nodes": "NAT inside the cluster: worker-1",
           "pod to pod, across nodes (back)": "NAT inside the cluster: worker-2"}
@@ -14,7 +15,7 @@ CAUSES = {"pod to pod, across nodes": "NAT inside the cluster: worker-1",
 
 def nat_inside_outcomes():
     return run_checks(ScriptedProber(nat_inside=True),
-                      lab_checks(NODES, PODS, INTERNET, 8080, 80))
+                      lab_checks(PLAN, PUBLIC, PODS, INTERNET, 80))
 
 
 def test_failure_lines_name_each_failed_check_with_its_cause():

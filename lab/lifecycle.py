@@ -11,18 +11,20 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import paramiko
 from rich.console import Console
 
 from bootstrap.errors import LabError
-from bootstrap.inventory import Inventory, inventory_from_plan
+from bootstrap.inventory import Inventory, inventory_for_plan
+from bootstrap.phases.context import LocalContext
 from bootstrap.phases.local import run_local_workflow
 from bootstrap.ssh import ClusterSSH, ConnectPolicy
 from bootstrap.verify.checks import (
+    ECHO_SERVER,
+    IMAGE_DIR,
+    WEB_PORT,
     Endpoint,
-    NodeInfo,
     Outcome,
     PodInfo,
     lab_checks,
@@ -33,13 +35,12 @@ from bootstrap.verify.checks import (
 )
 from bootstrap.verify.diagnose import failure_causes
 from bootstrap.verify.facts import read_node_facts
-from infra.plan import Plan, Settings, make_plan
+from infra.plan import NODE_LOGIN, Plan, Settings, make_plan
 from lab import network, nodes
-from lab.layout import ECHO_PORT, INTERNET_ECHO_PORT, INTERNET_HOST, Layout, make_layout
+from lab.layout import INTERNET_ECHO_PORT, INTERNET_HOST, Layout, make_layout
 from lab.netns_socket import connect_in_namespace
 
-RUNTIME = f"/usr/bin/python3 -IS {nodes.IMAGE_DIR}/pod_runtime.py"
-ECHO_SERVER = Path(__file__).with_name("echo_server.py")
+RUNTIME = f"/usr/bin/python3 -IS {IMAGE_DIR}/pod_runtime.py"
 PROBE_TIMEOUT = 15
 
 
@@ -52,8 +53,8 @@ class LabOptions:
     name: str = "k8slab"
     node_count: int = 3
     connect_deadline: float = 30.0
-    # The bootstrap's login: "ubuntu" with sudo, as on EC2, or "root".
-    user: str = "ubuntu"
+    # The bootstrap's login: Ubuntu's, with sudo, as on EC2, or "root".
+    user: str = NODE_LOGIN
 
 
 @dataclass
@@ -78,7 +79,7 @@ class LocalLab:
         def start(name: str) -> list[PodInfo]:
             started = []
             for pod in (pod for pod in seed_pods(hosts) if pod.node == name):
-                result = self.ssh.node(name).run(f"{RUNTIME} run {pod.name} --port {ECHO_PORT}",
+                result = self.ssh.node(name).run(f"{RUNTIME} run {pod.name} --port {WEB_PORT}",
                                                  timeout=60, quiet=True)
                 ip = json.loads(result.output.strip().splitlines()[-1])["ip"]
                 started.append(PodInfo(pod.name, name, ip, pod.role))
@@ -94,10 +95,9 @@ class LocalLab:
 
     def run_checks(self) -> tuple[list[Outcome], dict[str, str]]:
         """The checks, and for each failure its likely cause."""
-        node_infos = [NodeInfo(n.name, str(n.private_ip), str(n.public_ip), str(n.gateway))
-                      for n in self.layout.nodes]
+        public_ips = {node.name: str(node.public_ip) for node in self.layout.nodes}
         internet = Endpoint("internet", "internet", str(INTERNET_HOST.ip))
-        checks = lab_checks(node_infos, self.pods, internet, ECHO_PORT, INTERNET_ECHO_PORT)
+        checks = lab_checks(self.plan, public_ips, self.pods, internet, INTERNET_ECHO_PORT)
         outcomes = run_checks(LabProber(self), checks)
         return outcomes, failure_causes(outcomes, lambda: read_node_facts(self.ssh, self.plan),
                                         self.routed())
@@ -107,7 +107,7 @@ class LocalLab:
         table = network.run(["ip", "-n", self.layout.router_ns, "route", "show"])
         routes = {line.split()[0]: f" {line} " for line in table.splitlines() if line}
         return {node.name: f" via {node.private_ip} " in routes.get(str(node.pod_cidr), "")
-                for node in self.layout.nodes}
+                for node in self.plan.nodes}
 
 
 class LabProber:
@@ -139,7 +139,8 @@ def bootstrap(lab: LocalLab, *, only: Sequence[str] = (),
     """The same bootstrap that configures EC2 instances, over the lab's SSH connections;
     returns the phases that ran."""
     started = time.monotonic()
-    ran = run_local_workflow(lab.plan, lab.inventory, only=only, skip=skip, ssh=lab.ssh)
+    context = LocalContext(plan=lab.plan, inventory=lab.inventory, ssh=lab.ssh)
+    ran = run_local_workflow(context, only=only, skip=skip)
     lab.console.log(f"bootstrap: {', '.join(ran)} in {time.monotonic() - started:.1f} s")
     return ran
 
@@ -185,7 +186,7 @@ def _build(layout: Layout, options: LabOptions, console: Console,
                for node in layout.nodes}
     _start_internet_host(layout)
     nodes.wait_booted(layout, booting)
-    inventory = inventory_from_plan(
+    inventory = inventory_for_plan(
         layout.plan, hosts={node.name: str(node.public_ip) for node in layout.nodes},
         host_keys=host_keys, private_key=client_key.private_openssh, user=options.user)
     # The nodes have booted: a connection that fails now is worth retrying soon.
