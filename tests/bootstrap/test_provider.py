@@ -15,7 +15,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -368,10 +367,8 @@ def test_grpc_create_against_an_unreachable_node_is_a_clean_error_then_delete(
     stub, process = provider_process
     configure(stub)
     props = unreachable_inputs(refused_port, deadline=1.5)
-    started = time.monotonic()
     with pytest.raises(grpc.RpcError) as failed:
         stub.Create(provider_pb2.CreateRequest(urn=URN, properties=struct(props)), timeout=30)
-    assert time.monotonic() - started < 15
     assert failed.value.code() == grpc.StatusCode.UNKNOWN
     details = failed.value.details()
     assert ("bootstrap.provider.BootstrapFailed: cluster bootstrap failed: phase wait-ssh: "

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import paramiko
 import pytest
 
 from bootstrap.errors import (
@@ -26,12 +29,24 @@ pytestmark = needs_sshd
 FAST = ConnectPolicy(deadline=15, attempt_timeout=3, first_delay=0.05, max_delay=0.5)
 
 
+def counting_clients() -> tuple[Callable[[], paramiko.SSHClient], list[paramiko.SSHClient]]:
+    """A client factory that keeps every client it made: one per connection attempt."""
+    made: list[paramiko.SSHClient] = []
+
+    def make() -> paramiko.SSHClient:
+        made.append(paramiko.SSHClient())
+        return made[-1]
+    return make, made
+
+
 def cluster(server: TestSSHServer, names: tuple[str, ...] = ("node-a",), *,
             policy: ConnectPolicy = FAST, host_key: str | None = None,
-            lines: list[tuple[str, str]] | None = None, **kwargs: object) -> ClusterSSH:
+            lines: list[tuple[str, str]] | None = None, max_workers: int = 16,
+            client_factory: Callable[[], paramiko.SSHClient] = paramiko.SSHClient,
+            ) -> ClusterSSH:
     sink = (lambda node, line: lines.append((node, line))) if lines is not None else None
     return ClusterSSH(server.inventory(names, host_key=host_key), policy=policy,
-                      on_line=sink, **kwargs)  # type: ignore[arg-type]
+                      on_line=sink, max_workers=max_workers, client_factory=client_factory)
 
 
 def test_run_streams_combined_output_line_by_line(sshd: TestSSHServer) -> None:
@@ -96,12 +111,8 @@ def test_secret_output_is_returned_but_never_streamed_nor_put_in_errors(
 
 def test_command_timeout_is_raised_and_kills_the_remote_command(sshd: TestSSHServer) -> None:
     marker = "31.4159"  # a sleep whose command line we can look for afterwards
-    with cluster(sshd) as nodes:
-        started = time.monotonic()
-        with pytest.raises(CommandTimeout) as timeout:
-            nodes.node("node-a").run(f"echo started; sleep {marker}", timeout=1)
-        elapsed = time.monotonic() - started
-    assert 1 <= elapsed < 5
+    with cluster(sshd) as nodes, pytest.raises(CommandTimeout) as timeout:
+        nodes.node("node-a").run(f"echo started; sleep {marker}", timeout=1)
     assert timeout.value.output == "started\n"
     assert "after 1 s" in str(timeout.value)
     time.sleep(0.2)
@@ -158,24 +169,23 @@ def test_connect_retries_until_a_late_sshd_answers(sshd_server: TestSSHServer) -
     starter = threading.Timer(1.5, sshd_server.start)
     starter.start()
     try:
-        with cluster(sshd_server) as nodes:
-            started = time.monotonic()
+        factory, attempts = counting_clients()
+        with cluster(sshd_server, client_factory=factory) as nodes:
             nodes.connect_all()
-            waited = time.monotonic() - started
             assert nodes.node("node-a").run("echo up", timeout=10).output == "up\n"
     finally:
         starter.join()
-    assert waited >= 1.4
+    assert len(attempts) > 1, "the first attempt cannot have reached an sshd not yet started"
 
 
 def test_unreachable_node_fails_after_the_deadline_naming_node_and_error(
         sshd_server: TestSSHServer) -> None:
     policy = ConnectPolicy(deadline=1.5, attempt_timeout=1, first_delay=0.05, max_delay=0.3)
-    with cluster(sshd_server, policy=policy) as nodes:
-        started = time.monotonic()
-        with pytest.raises(SSHUnreachable) as unreachable:
-            nodes.node("node-a").connect()
-    assert 1.5 <= time.monotonic() - started < 4
+    factory, attempts = counting_clients()
+    with cluster(sshd_server, policy=policy, client_factory=factory) as nodes, \
+            pytest.raises(SSHUnreachable) as unreachable:
+        nodes.node("node-a").connect()
+    assert len(attempts) > 1 and unreachable.value.waited >= policy.deadline
     message = str(unreachable.value)
     assert "node-a" in message and f"127.0.0.1:{sshd_server.port}" in message
     assert "NoValidConnectionsError" in message  # paramiko's "connection refused"
@@ -183,27 +193,31 @@ def test_unreachable_node_fails_after_the_deadline_naming_node_and_error(
 
 def test_wrong_pinned_host_key_is_refused_at_once(sshd: TestSSHServer) -> None:
     impostor = new_ed25519_key().public_line
-    with cluster(sshd, host_key=impostor) as nodes:
-        started = time.monotonic()
-        with pytest.raises(HostKeyMismatch) as mismatch:
-            nodes.node("node-a").run("echo never", timeout=10)
-    assert time.monotonic() - started < FAST.deadline / 3  # fatal, not retried
+    factory, attempts = counting_clients()
+    with cluster(sshd, host_key=impostor, client_factory=factory) as nodes, \
+            pytest.raises(HostKeyMismatch) as mismatch:
+        nodes.node("node-a").run("echo never", timeout=10)
+    assert len(attempts) == 1  # fatal, never retried
     message = str(mismatch.value)
     assert "node-a" in message and "host key mismatch" in message
     assert "refresh the inventory" in message
 
 
-def test_parallel_runs_use_one_connection_per_node(sshd: TestSSHServer) -> None:
+def test_parallel_runs_use_one_connection_per_node(sshd: TestSSHServer, tmp_path: Path) -> None:
+    """Each command waits until all four have started (a rendezvous in a shared directory):
+    run one after another, the first would give up and fail."""
     names = ("master", "worker-1", "worker-2", "worker-3")
+    room = tmp_path / "rendezvous"
+    room.mkdir()
+    meet = f"touch {room}/$0; for _ in $(seq 200); do [ $(ls {room} | wc -l) = 4 ] " \
+           f"&& echo $0 && exit; sleep 0.05; done; exit 1"
     with cluster(sshd, names, max_workers=4) as nodes:
         nodes.connect_all()
-        started = time.monotonic()
-        results = nodes.on_all(lambda node: node.run(f"sleep 1; echo {node.name}", timeout=10))
-        elapsed = time.monotonic() - started
+        results = nodes.on_all(lambda node: node.run(f"bash -c {shlex.quote(meet)} {node.name}",
+                                                     timeout=30))
         ports = nodes.on_all(lambda node: node.run("echo $SSH_CONNECTION", timeout=10).output)
     assert list(results) == list(names)
     assert [r.output for r in results.values()] == [f"{name}\n" for name in names]
-    assert elapsed < 3.5, f"4 one-second commands took {elapsed:.1f} s: not parallel"
     assert len(set(ports.values())) == len(names)
 
 
