@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup lab down phases test lint bench
+.PHONY: setup lab down phases test lint bench install-cni
 setup:
 	@scripts/install-deps
 
@@ -26,3 +26,9 @@ test: lint
 
 bench: setup
 	$(PY) -m bench
+
+# The plugin laid out exactly as the bootstrap installs it on a node, under DESTDIR (default
+# /): <DESTDIR>/opt/cni/bin/lab-cni and its package in <DESTDIR>/opt/cni/lib/lab-cni/.
+# Needs nothing but python3 (bootstrap/cni/install.py owns the layout).
+install-cni:
+	python3 -m bootstrap.cni.install $(or $(DESTDIR),/)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -27,13 +26,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from bootstrap.node_network import render_plugin_launcher
+from bootstrap.cni.install import LAUNCHER, install
 from lab.netns_socket import enter_network_namespace
 
-REPO = Path(__file__).resolve().parent.parent
-LAB_CNI = REPO / "bootstrap" / "cni" / "lab_cni.py"
 REFERENCE_DIR = Path("/usr/lib/cni")
-SYSTEM_PYTHON = "/usr/bin/python3"
 SUBNET, GATEWAY, CLUSTER_CIDR = "10.244.1.0/24", "10.244.1.1", "10.244.0.0/16"
 SEQUENTIAL_CALLS = 50
 CONCURRENT_ADDS = 64
@@ -79,21 +75,16 @@ def make_contenders(state_dir: Path) -> list[Contender]:
     ours |= {"clusterCidr": CLUSTER_CIDR, "dataDir": str(state_dir / "lab")}
     ours["logFile"] = str(state_dir / "lab-cni.log")
     installed = Contender("lab-cni", [str(install_lab_cni(state_dir))], "/opt/cni/bin", ours)
-    one_file = Contender("lab-cni run as one file", [SYSTEM_PYTHON, "-IS", str(LAB_CNI)],
-                         "/opt/cni/bin", {**ours, "dataDir": str(state_dir / "lab-one-file")})
-    return [installed, reference(True), reference(False), one_file]
+    return [installed, reference(True), reference(False)]
 
 
 def install_lab_cni(state_dir: Path) -> Path:
-    """The plugin as the bootstrap installs it on nodes: a launcher importing the module.
-    Python caches the module's bytecode at the first call; the warm-up call below makes it,
-    as the first pod on a node does."""
-    module = state_dir / "lib" / "lab_cni.py"
-    module.parent.mkdir()
-    shutil.copy(LAB_CNI, module)
-    launcher = state_dir / "lab-cni"
-    launcher.write_text(render_plugin_launcher(str(module)))
-    launcher.chmod(0o755)
+    """The plugin laid out under a root as the bootstrap installs it on nodes; returns its
+    launcher. Python caches the package's bytecode at the first call; the warm-up call below
+    makes it, as the first pod on a node does."""
+    root = state_dir / "root"
+    install(root)
+    launcher = root / LAUNCHER
     subprocess.run([launcher], input=b"{}", env={"CNI_COMMAND": "VERSION"}, check=True,
                    capture_output=True)
     return launcher

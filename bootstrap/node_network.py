@@ -18,11 +18,11 @@ import shlex
 from dataclasses import dataclass
 from typing import Any
 
+from bootstrap.cni.install import CNI_TYPE
 from infra.plan import Node, Plan
 
 BRIDGE = "cni0"
 COMMENT_TAG = "k8s-cni-lab"
-CNI_TYPE = "lab-cni"
 CNI_NETWORK_NAME = "lab-net"
 CNI_VERSION = "1.0.0"
 POD_MTU = 1500
@@ -34,13 +34,12 @@ NO_CHANGES_LINE = "node-network: no changes"
 
 @dataclass(frozen=True)
 class NodeFiles:
-    """Every path the bootstrap writes on a node, and nothing else."""
+    """Every path the bootstrap writes on a node besides the plugin's (those are listed by
+    bootstrap/cni/install.py), and nothing else."""
 
     setup_script: str = "/etc/k8s-cni-lab/node-network.sh"
     teardown_script: str = "/etc/k8s-cni-lab/node-network-down.sh"
     boot_unit: str = f"/etc/systemd/system/{BOOT_UNIT_NAME}"
-    plugin: str = f"/opt/cni/bin/{CNI_TYPE}"  # a launcher for plugin_module
-    plugin_module: str = f"/opt/cni/lib/{CNI_TYPE}/lab_cni.py"
     conflist: str = "/etc/cni/net.d/10-lab-cni.conflist"
 
 
@@ -136,26 +135,6 @@ def cni_conflist(plan: Plan, node: Node) -> dict[str, Any]:
             "dataDir": IPAM_DATA_DIR,
         }],
     }
-
-
-def render_plugin_launcher(module_path: str = NODE_FILES.plugin_module) -> str:
-    """/opt/cni/bin/lab-cni: imports the plugin module instead of running it as a script,
-    because Python caches bytecode only for imports. Compiling the plugin costs more than
-    the reference plugin's whole ADD; importing its cached bytecode, about 1 ms. The first
-    call writes the cache, as for any installed Python module; an upgrade changes the
-    file's time and size, which invalidates it."""
-    module_dir, module = module_path.rsplit("/", 1)
-    return f"""\
-#!/usr/bin/python3 -IS
-# {CNI_TYPE} as installed by k8s-cni-lab. The plugin is {module_path}, one
-# standard-library file that also runs on its own; importing it reuses its bytecode.
-import sys
-
-sys.path.insert(0, {module_dir!r})
-from {module.removesuffix(".py")} import main
-
-sys.exit(main())
-"""
 
 
 def render_boot_unit() -> str:

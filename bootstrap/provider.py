@@ -33,9 +33,9 @@ import pulumi
 import pulumi.dynamic as dynamic
 from pulumi.runtime.rpc import UNKNOWN
 
+from bootstrap.cni.install import tree_sha256
 from bootstrap.errors import InventoryError, LabError
 from bootstrap.inventory import Inventory, NodeAccess, check_agrees_with_plan
-from bootstrap.node_network import NODE_FILES
 from bootstrap.phases.cloud import run_cloud_workflow
 from bootstrap.phases.cni import cni_files, read_plugin
 from bootstrap.phases.context import PLUGIN_SOURCE, CloudContext
@@ -183,13 +183,14 @@ def installed_version(plan: Plan, plugin_source: Path = PLUGIN_SOURCE) -> dict[s
     """sha256 of the plugin and of every other file the bootstrap writes on the nodes, so a
     change to either updates the resource."""
     plugin = read_plugin(plugin_source)
+    plugin_paths = {file.node_path for file in plugin}
     node_files = hashlib.sha256()
     for node in plan.nodes:
         for file in [*cni_files(plan, node.name, plugin), *node_network_files(plan, node.name)]:
-            if file.path != NODE_FILES.plugin_module:
+            if file.path not in plugin_paths:
                 node_files.update(f"{node.name} {file.path} {file.mode:o} {file.sha256}\n"
                                   .encode())
-    return {"plugin": hashlib.sha256(plugin).hexdigest(), "nodeFiles": node_files.hexdigest()}
+    return {"plugin": tree_sha256(plugin), "nodeFiles": node_files.hexdigest()}
 
 
 # -- pure helpers over the property bags --------------------------------------------------

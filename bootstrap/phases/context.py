@@ -21,7 +21,7 @@ from infra.plan import Plan
 ChecksSink = Callable[[Sequence[Outcome]], None]
 
 # The plugin as written in this repository; nodes get it as /opt/cni/bin/lab-cni.
-PLUGIN_SOURCE = Path(__file__).resolve().parent.parent / "cni" / "lab_cni.py"
+PLUGIN_SOURCE = Path(__file__).resolve().parent.parent / "cni" / "lab_cni"
 
 
 def ignore_checks(_outcomes: Sequence[Outcome]) -> None:

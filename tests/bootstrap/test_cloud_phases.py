@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
+from bootstrap.cni.install import plugin_files
 from bootstrap.errors import CommandFailed, LabError
 from bootstrap.inventory import Inventory, inventory_for_plan
 from bootstrap.kubeadm import (
@@ -99,8 +100,9 @@ def simulated() -> SimulatedCluster:
 
 
 def run_phases(nodes: SimulatedCluster, tmp_path: Path, *only: str) -> list[str]:
-    plugin = tmp_path / "lab_cni.py"
-    plugin.write_bytes(b"plugin")
+    plugin = tmp_path / "lab_cni"  # a plugin package: the cni phase uploads its files
+    plugin.mkdir(exist_ok=True)
+    (plugin / "__init__.py").write_bytes(b"plugin")
     return run_cloud_workflow(CloudContext(plan=PLAN, inventory=inventory(), ssh=nodes,
                                            plugin_source=plugin,
                                            kubeconfig_path=tmp_path / "kubeconfig"), only=only)
@@ -491,8 +493,9 @@ def test_the_whole_cloud_workflow_then_a_rerun_that_changes_nothing(tmp_path: Pa
 
     assert run_phases(nodes, tmp_path) == [phase.name for phase in cloud_workflow()]
     assert nodes.state() == done
+    plugin = [file.node_path for file in plugin_files(tmp_path / "lab_cni")]
     for name, node in nodes.nodes.items():
-        assert sorted(node.uploads) == sorted(NODE_FILES.__dict__.values())  # each once
+        assert sorted(node.uploads) == sorted([*NODE_FILES.__dict__.values(), *plugin])  # once
         again = node.commands[first[name]:]
         assert BOOT_COMMAND in again  # re-applied every time: it is idempotent
         assert not [c for c in again if any(word in c for word in CHANGING)]

@@ -14,13 +14,13 @@ from pathlib import Path
 import paramiko
 import pytest
 
+from bootstrap.cni.install import ENTRY_MODULE, NODE_LAUNCHER, plugin_files
 from bootstrap.errors import PhaseError
 from bootstrap.inventory import Inventory, inventory_for_plan
 from bootstrap.node_network import (
     NODE_FILES,
     cni_conflist,
     render_boot_unit,
-    render_plugin_launcher,
     render_setup_script,
     render_teardown_script,
 )
@@ -35,10 +35,28 @@ from tests.bootstrap.sshd import SSHD, KeyPair, new_ed25519_key, write_sshd_file
 pytestmark = [needs_netns, needs_sshd]
 
 OVERLAID = ("/etc", "/opt")
-PLUGIN_V1 = b"#!/usr/bin/python3 -IS\ndef main():\n    print('lab-cni v1')\n    return 0\n"
+PLUGIN_V1 = b"def main():\n    print('lab-cni v1')\n    return 0\n"
 PLUGIN_V2 = PLUGIN_V1.replace(b"v1", b"v2, upgraded")
-# The plugin's bytecode, cached by the node's Python at the first call (same Python here).
-BYTECODE = importlib.util.cache_from_source(NODE_FILES.plugin_module)
+
+
+def fake_plugin(directory: Path, entry_module: bytes) -> Path:
+    """A plugin package whose entry point prints its version; returns its source directory."""
+    directory.mkdir(exist_ok=True)
+    (directory / "__init__.py").write_bytes(b"")
+    (directory / f"{ENTRY_MODULE}.py").write_bytes(entry_module)
+    return directory
+
+
+def node_paths(plugin: Path) -> dict[str, tuple[bytes, int]]:
+    """Node path -> (content, mode) of each installed plugin file."""
+    return {file.node_path: (file.data, file.mode) for file in plugin_files(plugin)}
+
+
+def bytecode(plugin: Path) -> set[str]:
+    """The caches the node's Python writes at the first call (the same Python here): one per
+    imported module of the package, none for the launcher, which is run, not imported."""
+    return {importlib.util.cache_from_source(path) for path in node_paths(plugin)
+            if path != NODE_LAUNCHER}
 
 
 @dataclass(frozen=True)
@@ -127,8 +145,7 @@ def _written_files(node: SimulatedNode) -> set[str]:
 
 def test_workflow_installs_everything_then_a_rerun_changes_nothing(
         cluster: SimulatedCluster, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    plugin = tmp_path / "lab_cni.py"
-    plugin.write_bytes(PLUGIN_V1)
+    plugin = fake_plugin(tmp_path / "lab_cni", PLUGIN_V1)
     plan = cluster.plan
     with cluster.ssh() as ssh:
         ran = run_local_workflow(cluster.context(ssh, plugin))
@@ -140,10 +157,10 @@ def test_workflow_installs_everything_then_a_rerun_changes_nothing(
     assert ran == rerun == ["wait-ssh", "cni", "node-network"]
     for name, node in cluster.nodes.items():
         planned = plan.node(name)
-        assert _written_files(node) == set(NODE_FILES.__dict__.values())  # and nothing else
-        expected = {
-            NODE_FILES.plugin: (render_plugin_launcher().encode(), 0o755),
-            NODE_FILES.plugin_module: (PLUGIN_V1, 0o644),
+        installed = node_paths(plugin)
+        assert _written_files(node) == {*NODE_FILES.__dict__.values(), *installed}  # only
+        expected: dict[str, tuple[bytes | None, int]] = {
+            **installed,
             NODE_FILES.conflist: (None, 0o644),
             NODE_FILES.setup_script: (render_setup_script(plan, planned).encode(), 0o755),
             NODE_FILES.teardown_script: (render_teardown_script(plan, planned).encode(), 0o755),
@@ -162,7 +179,7 @@ def test_workflow_installs_everything_then_a_rerun_changes_nothing(
 
     messages = [record.getMessage() for record in caplog.records]
     for name in cluster.nodes:
-        assert (f"[cni] {name}: no-op: {NODE_FILES.plugin} already has this content and mode "
+        assert (f"[cni] {name}: no-op: {NODE_LAUNCHER} already has this content and mode "
                 "(sha256 match)") in messages
         assert (f"[node-network] {name}: no-op: bridge, sysctls and iptables rules already "
                 "in place") in messages
@@ -173,34 +190,33 @@ def test_workflow_installs_everything_then_a_rerun_changes_nothing(
 
 def test_only_cni_uploads_a_changed_plugin_and_touches_nothing_else(
         cluster: SimulatedCluster, tmp_path: Path) -> None:
-    plugin = tmp_path / "lab_cni.py"
-    plugin.write_bytes(PLUGIN_V1)
+    plugin = fake_plugin(tmp_path / "lab_cni", PLUGIN_V1)
     with cluster.ssh() as ssh:
         assert run_local_workflow(cluster.context(ssh, plugin),
                                   only=["cni"]) == ["cni"]
 
         def run_plugin() -> dict[str, str]:
-            return {name: ssh.node(name).run(NODE_FILES.plugin, timeout=30, quiet=True).output
+            return {name: ssh.node(name).run(NODE_LAUNCHER, timeout=30, quiet=True).output
                     for name in cluster.nodes}
 
         assert set(run_plugin().values()) == {"lab-cni v1\n"}  # and its bytecode is cached
-        plugin.write_bytes(PLUGIN_V2)
+        fake_plugin(plugin, PLUGIN_V2)
         assert run_local_workflow(cluster.context(ssh, plugin),
                                   skip=["wait-ssh", "node-network"]) == ["cni"]
         # The launcher runs the new version, not the cached bytecode of the old one.
         assert set(run_plugin().values()) == {"lab-cni v2, upgraded\n"}
+    installed = node_paths(plugin)
+    entry = next(path for path in installed if path.endswith(f"/{ENTRY_MODULE}.py"))
     for node in cluster.nodes.values():
-        assert node.file(NODE_FILES.plugin_module).read_bytes() == PLUGIN_V2
-        assert _written_files(node) == {NODE_FILES.plugin, NODE_FILES.plugin_module,
-                                        NODE_FILES.conflist, BYTECODE}
+        assert node.file(entry).read_bytes() == PLUGIN_V2
+        assert _written_files(node) == {*installed, NODE_FILES.conflist, *bytecode(plugin)}
         links = cluster.spaces.run(node.namespace, "ip", "-o", "link").stdout
         assert "cni0" not in links
 
 
 def test_a_failing_node_fails_the_phase_naming_the_node(cluster: SimulatedCluster,
                                                         tmp_path: Path) -> None:
-    plugin = tmp_path / "lab_cni.py"
-    plugin.write_bytes(PLUGIN_V1)
+    plugin = fake_plugin(tmp_path / "lab_cni", PLUGIN_V1)
     broken = cluster.nodes["worker-1"]
     # A cni0 that is not a bridge: the setup script must refuse it on that node only.
     cluster.spaces.run(broken.namespace, "ip", "link", "add", "cni0", "type", "veth",

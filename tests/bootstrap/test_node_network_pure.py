@@ -136,7 +136,5 @@ def test_node_files_are_the_only_paths_written() -> None:
         "setup_script": "/etc/k8s-cni-lab/node-network.sh",
         "teardown_script": "/etc/k8s-cni-lab/node-network-down.sh",
         "boot_unit": "/etc/systemd/system/lab-node-network.service",
-        "plugin": "/opt/cni/bin/lab-cni",
-        "plugin_module": "/opt/cni/lib/lab-cni/lab_cni.py",
         "conflist": "/etc/cni/net.d/10-lab-cni.conflist",
     }

@@ -258,10 +258,11 @@ def test_check_names_the_input_that_cannot_work(news: dict[str, Any],
 
 
 def test_version_follows_the_plugin_and_the_rendered_node_files(tmp_path: Path) -> None:
-    plugin = tmp_path / "lab_cni.py"
-    plugin.write_bytes(b"plugin 1")
+    plugin = tmp_path / "lab_cni"
+    plugin.mkdir()
+    (plugin / "__init__.py").write_bytes(b"plugin 1")
     first = installed_version(PLAN, plugin)
-    plugin.write_bytes(b"plugin 2")
+    (plugin / "__init__.py").write_bytes(b"plugin 2")
     second = installed_version(PLAN, plugin)
     assert second["plugin"] != first["plugin"] and second["nodeFiles"] == first["nodeFiles"]
     other_pods = installed_version(make_plan(Settings(pod_cidr="10.200.0.0/16")), plugin)

@@ -1,13 +1,13 @@
 """Fixtures for the lab-cni tests: every test gets its own node and pod network namespaces.
 
-The plugin is invoked the way a runtime invokes it: a child process started inside the node
-namespace (`ip netns exec <node>`), /usr/bin/python3 -IS on the plugin file, CNI_* in the
-environment and the config on stdin. Namespaces are removed even when a test fails.
+The plugin is invoked the way a runtime invokes it: its launcher, installed in a temporary
+root exactly as on a node (bootstrap/cni/install.py), executed inside the node namespace
+(`ip netns exec <node>`), CNI_* in the environment and the config on stdin. Namespaces are
+removed even when a test fails.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -15,23 +15,12 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-PLUGIN = REPO / "bootstrap" / "cni" / "lab_cni.py"
-SYSTEM_PYTHON = "/usr/bin/python3"
+from bootstrap.cni.install import LAUNCHER, install
+
 SUBNET, GATEWAY = "10.244.1.0/24", "10.244.1.1"
-
-
-def load_plugin_module() -> ModuleType:
-    """Import the plugin file as a module (it is an executable, not a package member)."""
-    spec = importlib.util.spec_from_file_location("lab_cni", PLUGIN)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -55,6 +44,7 @@ class Node:
 
     prefix: str
     tmp: Path
+    plugin: Path  # the installed launcher
     name: str = ""
     pods: list[str] = field(default_factory=list)
 
@@ -98,7 +88,7 @@ class Node:
         self.default_log_dir.mkdir(exist_ok=True)
         return ["ip", "netns", "exec", self.name, "/bin/sh", "-c",
                 'mount --bind "$0" /var/log && exec "$@"', str(self.default_log_dir),
-                SYSTEM_PYTHON, "-IS", str(PLUGIN)]
+                str(self.plugin)]
 
     def call_raw(self, env: dict, stdin: str) -> CallResult:
         done = subprocess.run(self.argv(), input=stdin, env=env, capture_output=True, text=True)
@@ -176,11 +166,19 @@ def state(node: Node, pod: str | None = None) -> tuple:
     return (node.reservations(), node.link_names(), node.link_names(pod) if pod else None)
 
 
+@pytest.fixture(scope="session")
+def installed_plugin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The launcher of a tree laid out as on a node; its first call caches the bytecode."""
+    root = tmp_path_factory.mktemp("cni-root")
+    install(root)
+    return root / LAUNCHER
+
+
 @pytest.fixture
-def node(tmp_path: Path) -> Iterator[Node]:
+def node(tmp_path: Path, installed_plugin: Path) -> Iterator[Node]:
     requires_root()
     prefix = f"lcni-{uuid.uuid4().hex[:8]}"
-    n = Node(prefix=prefix, tmp=tmp_path, name=f"{prefix}-node")
+    n = Node(prefix=prefix, tmp=tmp_path, plugin=installed_plugin, name=f"{prefix}-node")
     sh("ip", "netns", "add", n.name)
     try:
         n.ip("link", "set", "lo", "up")
@@ -189,7 +187,3 @@ def node(tmp_path: Path) -> Iterator[Node]:
         for name in [*n.pods, n.name]:
             sh("ip", "netns", "del", name, check=False)
 
-
-@pytest.fixture(scope="session")
-def plugin() -> ModuleType:
-    return load_plugin_module()

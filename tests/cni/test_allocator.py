@@ -1,6 +1,6 @@
 """Property-based tests of the pure layers: allocator over MemoryStore, IPv4 math, JSON codec.
 
-No root needed: these import the plugin file as a module.
+No root needed: these import the plugin's modules from the source tree.
 """
 
 from __future__ import annotations
@@ -10,16 +10,14 @@ import ipaddress
 import itertools
 import json
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.cni.conftest import load_plugin_module
-
-lab_cni: ModuleType = load_plugin_module()
+from bootstrap.cni.lab_cni import fastjson
+from bootstrap.cni.lab_cni import plugin as lab_cni
 
 # A small pool keeps exhaustion and wrap-around reachable: 10.0.0.0/28, gateway .1 -> 13 hosts.
 NETWORK, PREFIX = lab_cni.parse_cidr("10.0.0.0/28")
@@ -93,7 +91,7 @@ def test_disk_store_behaves_like_the_memory_store(
 @given(st.integers(16, 30), st.integers(0, 2**32 - 1), st.integers(0, 300))
 def test_pool_candidates_cover_every_host_but_the_gateway(prefix: int, seed: int, k: int) -> None:
     network = seed & lab_cni.calc_netmask(prefix)
-    gateway = lab_cni.calc_gateway(network, prefix)
+    gateway = lab_cni.calc_gateway(network)
     pool = lab_cni.Pool(network, prefix, gateway)
     after = network + k % (2 ** (32 - prefix))
     first = list(itertools.islice(pool.candidates(after), 300))
@@ -135,14 +133,14 @@ json_values = st.recursive(
 @given(json_values)
 def test_json_codec_matches_the_json_module(value: object) -> None:
     text = json.dumps(value)
-    assert lab_cni.json_loads(text) == json.loads(text)
-    assert json.loads(lab_cni.json_dumps(value)) == json.loads(text)
+    assert fastjson.json_loads(text) == json.loads(text)
+    assert json.loads(fastjson.json_dumps(value)) == json.loads(text)
 
 
 @pytest.mark.parametrize("text", ['{"a": ', "[1, 2", "", "{} {}", "nul", '{"a": 1,}'])
 def test_json_loads_rejects_what_the_json_module_rejects(text: str) -> None:
     with pytest.raises(ValueError):
-        lab_cni.json_loads(text)
+        fastjson.json_loads(text)
 
 
 def test_rollback_runs_every_undo_in_reverse_and_keeps_the_adds_error() -> None:
@@ -174,10 +172,11 @@ def test_rollback_does_nothing_after_pop_all() -> None:
 @pytest.mark.parametrize("kind", ["memory", "disk"])
 def test_release_if_unchanged_spares_an_address_that_changed_hands(
         kind: str, tmp_path: Path) -> None:
-    store = lab_cni.MemoryStore() if kind == "memory" else lab_cni.DiskStore(str(tmp_path), "n")
+    disk = lab_cni.DiskStore(str(tmp_path), "n")
+    store = lab_cni.MemoryStore() if kind == "memory" else disk
     old = lab_cni.Reservation(GATEWAY + 1, "old", "eth0", "veth1")
     new = lab_cni.Reservation(GATEWAY + 1, "new", "eth0", "veth2")
-    with store if kind == "disk" else contextlib.nullcontext():
+    with disk if kind == "disk" else contextlib.nullcontext():  # the disk store's lock
         assert store.get(old.ip) is None
         assert store.reserve(old) and store.get(old.ip) == old
         store.release(old.ip)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cni.conftest import PLUGIN, Node
+from tests.cni.conftest import Node
 
 pytestmark = pytest.mark.root  # namespaces, veths and bridges: skipped unless root
 
@@ -53,7 +53,7 @@ class Runtime:
         self.node, self.driver = node, driver
         self.plugin_dir = node.tmp / "opt-cni-bin"
         self.plugin_dir.mkdir()
-        (self.plugin_dir / "lab-cni").symlink_to(PLUGIN)
+        (self.plugin_dir / "lab-cni").symlink_to(node.plugin)  # the launcher follows links
         plugin = {k: v for k, v in node.config(version).items() if k not in ("cniVersion", "name")}
         conflist = {"cniVersion": version, "name": "labnet", "plugins": [plugin]}
         self.conflist = node.tmp / "10-lab-cni.conflist"

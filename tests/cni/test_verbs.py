@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
+from bootstrap.cni.lab_cni import plugin
 from tests.cni.conftest import GATEWAY, Node, pod_ip, sh
 
 pytestmark = pytest.mark.root  # namespaces, veths and bridges: skipped unless root
@@ -195,8 +195,7 @@ def test_log_is_size_bounded(node: Node) -> None:
     assert node.log_file.with_name(node.log_file.name + ".1").stat().st_size > 1 << 20
 
 
-def test_a_second_rotation_of_the_same_full_log_keeps_the_rotated_one(
-        plugin: ModuleType, tmp_path: Path) -> None:
+def test_a_second_rotation_of_the_same_full_log_keeps_the_rotated_one(tmp_path: Path) -> None:
     """Two calls that both found the log full: the later one must not move the fresh log
     over the rotated one (it finds another file at the path and leaves it)."""
     log = tmp_path / "lab-cni.log"

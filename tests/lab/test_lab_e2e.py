@@ -92,7 +92,7 @@ def test_the_bootstrap_logged_in_as_ubuntu_and_used_sudo(running_lab):
     node = running_lab.ssh.node("worker-1")
     assert node.access.user == "ubuntu"
     assert node.run("id -un", timeout=30, quiet=True).output == "root\n"  # through sudo -n
-    owner = node.run("stat -c '%U %a' /opt/cni/bin/lab-cni /opt/cni/lib/lab-cni/lab_cni.py "
+    owner = node.run("stat -c '%U %a' /opt/cni/bin/lab-cni /opt/cni/lib/lab-cni/lab_cni/plugin.py "
                      "/etc/k8s-cni-lab/node-network.sh", timeout=30, quiet=True)
     assert owner.output == "root 755\nroot 644\nroot 755\n"
     staged = node.run("ls -A /tmp", timeout=30, quiet=True).output
