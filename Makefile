@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup lab down phases test lint bench install-cni
+.PHONY: setup lab down check status run ssh phases test lint bench install-cni
 setup:
 	@scripts/install-deps
 
@@ -13,6 +13,20 @@ lab: setup
 
 down: setup
 	$(PY) -m lab down
+
+# On a lab kept with `make lab KEEP=1`, or on a Pulumi stack with STACK=<name>.
+ON_STACK = $(if $(STACK),--stack $(STACK))
+check: setup
+	$(PY) -m lab check $(ON_STACK)
+
+status: setup
+	$(PY) -m lab status $(ON_STACK)
+
+run: setup
+	$(PY) -m lab run "$(PHASES)" $(ON_STACK)
+
+ssh: setup
+	$(PY) -m lab ssh "$(NODE)" --stack "$(STACK)"
 
 phases: setup
 	@$(PY) -m bootstrap phases

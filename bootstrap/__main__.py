@@ -8,13 +8,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bootstrap.phases import Runner, cloud_workflow, local_workflow
+from bootstrap.phases import cloud_workflow, local_workflow
+from bootstrap.phases.workflow import describe
 
 
 def print_phases() -> None:
     for title, phases in (("local lab (make lab)", local_workflow()),
                           ("cloud (pulumi up)", cloud_workflow())):
-        described = Runner(phases, lambda: None).describe()
+        described = describe(phases)
         width = max(len(path) for path, _ in described)
         print(f"{title}:")
         for path, short in described:

@@ -25,7 +25,7 @@ import sys
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +48,8 @@ from infra.plan import (
     NODE_LOGIN,
     Node,
     Plan,
-    PlanError,
-    Settings,
     make_plan,
+    settings_from_wire,
 )
 
 # Inputs that describe the cluster: a change to any of them re-runs the workflow.
@@ -106,7 +105,7 @@ class BootstrapProvider(dynamic.ResourceProvider):
                  "(they are destroyed or replaced with it)")
 
     def _bootstrap(self, props: dict[str, Any]) -> dict[str, Any]:
-        plan = make_plan(settings_from(props["settings"]))
+        plan = make_plan(settings_from_wire(props["settings"]))
         inventory = inventory_of(props)
         check_agrees_with_plan(plan, inventory, reported_private_ips(props))
         policy = ConnectPolicy(deadline=float(props.get(DEADLINE_INPUT,
@@ -195,17 +194,6 @@ def installed_version(plan: Plan, plugin_source: Path = PLUGIN_SOURCE) -> dict[s
 
 # -- pure helpers over the property bags --------------------------------------------------
 
-def settings_from(raw: Mapping[str, Any]) -> Settings:
-    """Settings from their wire form, where numbers arrive as floats and tuples as lists."""
-    defaults = Settings()
-    known = {f.name for f in fields(Settings)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise InventoryError(f"unknown settings: {', '.join(unknown)}")
-    return Settings(**{name: type(getattr(defaults, name))(value)
-                       for name, value in raw.items()})
-
-
 def inventory_of(props: Mapping[str, Any]) -> Inventory:
     nodes = tuple(NodeAccess(name=n["name"], host=n["publicIp"], port=int(n.get("sshPort", 22)),
                              user=props["sshUser"], host_key=n["hostKey"])
@@ -226,8 +214,8 @@ def input_problems(props: Mapping[str, Any]) -> list[tuple[str, str]]:
     if is_unknown(props.get("settings")):
         return problems
     try:
-        plan = make_plan(settings_from(props.get("settings", {})))
-    except (PlanError, InventoryError, TypeError, ValueError) as error:
+        plan = make_plan(settings_from_wire(props.get("settings", {})))
+    except (TypeError, ValueError) as error:  # PlanError is a ValueError
         return [*problems, ("settings", str(error))]
     if is_unknown(props.get("nodes")) or is_unknown(props.get("sshUser")):
         return problems

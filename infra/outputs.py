@@ -7,6 +7,7 @@ repeat parts of it for people at a terminal (`pulumi stack output publicIpsByNod
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 import pulumi
@@ -44,6 +45,9 @@ def stack_outputs(plan: Plan, network: Network, nodes: Nodes) -> dict[str, Any]:
         "vpcId": network.vpc.id,
         "subnetId": network.subnet.id,
         "securityGroupId": network.security_group.id,
+        # Every setting, so a tool reading the outputs makes the same plan (`make check
+        # STACK=...`); settings_from_wire reads them back.
+        "settings": asdict(plan.settings),
         "kubernetesVersion": plan.settings.kubernetes_version,
         "podCidr": str(plan.pod_network),
         "serviceCidr": str(plan.service_network),

@@ -8,10 +8,10 @@ can be tested without a cloud or root.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
 from ipaddress import IPv4Address, IPv4Network
-from typing import Literal
+from typing import Any, Literal
 
 Role = Literal["control-plane", "worker"]
 
@@ -73,6 +73,18 @@ class Settings:
     allowed_cidrs: tuple[str, ...] = ("0.0.0.0/0",)
     root_volume_gib: int = 20
     route_limit: int = DEFAULT_ROUTE_LIMIT
+
+
+def settings_from_wire(raw: Mapping[str, Any]) -> Settings:
+    """Settings from a JSON or Pulumi property form, where numbers may arrive as floats and
+    tuples as lists: the provider's input and the stack's `settings` output."""
+    defaults = Settings()
+    unknown = sorted(set(raw) - {f.name for f in fields(Settings)})
+    if unknown:
+        raise PlanError("settings", f"unknown setting(s) {', '.join(unknown)}",
+                        "use the field names of Settings in infra/plan.py")
+    return Settings(**{name: type(getattr(defaults, name))(value)
+                       for name, value in raw.items()})
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,11 @@
            checks, print the table, and tear it all down (unless --keep)
     down   remove a lab, even after a crash; safe to repeat
     enter  a shell on a node of a kept lab, or inside one of its pods
+    check  the connectivity checks on a kept lab, with the likely cause of each failure
+    status what each node of a kept lab holds, marked where it differs from the plan
+    run    run bootstrap phases (comma-separated) on a kept lab, idempotently
+    ssh    an interactive shell on a node of a Pulumi stack (check, status and run also
+           take --stack NAME)
 """
 
 from __future__ import annotations
@@ -43,7 +48,27 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     enter.add_argument("node")
     enter.add_argument("pod", nargs="?")
     enter.add_argument("-c", "--command", help="run this (bash -c) instead of a shell")
+    on_stack = argparse.ArgumentParser(add_help=False)
+    on_stack.add_argument("--stack", help="a Pulumi stack instead of the kept lab (read "
+                          "through `pulumi stack output`)")
+    verbs.add_parser("check", parents=[on_stack], help="run the connectivity checks")
+    verbs.add_parser("status", parents=[on_stack],
+                     help="what each node holds, against the plan")
+    run = verbs.add_parser("run", parents=[on_stack],
+                           help="run bootstrap phases, idempotently (make phases lists them)")
+    run.add_argument("phases", type=phase_list, help="comma-separated: node-network,cni")
+    ssh = verbs.add_parser("ssh", help="an interactive shell on a node of a Pulumi stack")
+    ssh.add_argument("node")
+    ssh.add_argument("--stack", required=True, help="the Pulumi stack")
     return parser.parse_args(argv)
+
+
+def phase_list(value: str) -> list[str]:
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("name at least one phase, e.g. node-network "
+                                         "(make phases lists them)")
+    return names
 
 
 def show_progress(console: Console) -> None:
@@ -62,20 +87,67 @@ def main(argv: list[str]) -> int:
     console = Console(log_path=False)
     if not console.is_terminal:
         console = Console(log_path=False, width=120)  # logs and CI: room for the table
+    if args.verb == "ssh" and not args.stack:
+        console.print("[red]ssh needs a stack:[/] make ssh NODE=worker-1 STACK=dev (on a kept "
+                      "lab: python -m lab enter worker-1)", soft_wrap=True)
+        return 2
+    if getattr(args, "stack", None):
+        return on_stack(args, console)
     if os.geteuid() != 0:
         console.print("[red]The lab needs root[/] (namespaces, iptables): run it with sudo.")
         return 2
     show_progress(console)
     # A plain `kill` must tear the lab down like Ctrl-C does.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(130))
-    from lab import cli  # after the checks: it imports paramiko and the bootstrap
+    from bootstrap.errors import LabError  # after the checks: lab.cli imports paramiko
+    from lab import cli
     from lab.lifecycle import LabOptions
 
     if args.verb == "up":
         options = LabOptions(name=args.name, node_count=args.nodes, user=args.user)
         return cli.up(options, keep=args.keep, steps=args.steps, console=console)
+    try:
+        return _on_kept_lab(args, console)
+    except LabError as error:  # no kept lab, an unknown phase, a node that fails
+        console.print(f"[red]{args.verb} failed:[/] {error}", soft_wrap=True)
+        return 1
+
+
+def on_stack(args: argparse.Namespace, console: Console) -> int:
+    """check, status, run and ssh on a Pulumi stack: no root needed, nothing local changes."""
+    from bootstrap import stack_commands
+    from bootstrap.errors import LabError
+    from bootstrap.stack import read_stack
+
+    show_progress(console)
+    try:
+        stack = read_stack(args.stack)
+        if args.verb == "check":
+            return stack_commands.check(stack, console)
+        if args.verb == "status":
+            return stack_commands.status(stack, console)
+        if args.verb == "run":
+            return stack_commands.run(stack, args.phases)
+        if args.verb == "ssh":
+            return stack_commands.ssh(stack, args.node)
+    except LabError as error:
+        console.print(f"[red]{args.verb} failed:[/] {error}", soft_wrap=True)
+        return 1
+    console.print(f"[red]{args.verb} works on a kept lab only[/], not on a stack")
+    return 2
+
+
+def _on_kept_lab(args: argparse.Namespace, console: Console) -> int:
+    from lab import cli
+
     if args.verb == "down":
         return cli.down(args.name, console)
+    if args.verb == "check":
+        return cli.check(args.name, console)
+    if args.verb == "status":
+        return cli.status(args.name, console)
+    if args.verb == "run":
+        return cli.run(args.name, args.phases, console)
     return cli.enter(args.name, args.node, args.pod, args.command, console)
 
 

@@ -1,7 +1,8 @@
-"""What `python -m lab up|down|enter` do, kept apart from argument parsing."""
+"""What `python -m lab up|down|enter|check|status|run` do, kept apart from argument parsing."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -9,9 +10,11 @@ from collections.abc import Mapping, Sequence
 from rich.console import Console
 from rich.table import Table
 
+from bootstrap.cni.install import plugin_files
 from bootstrap.errors import LabError
 from bootstrap.verify.checks import Outcome
-from bootstrap.verify.report import FAIL, PASS, failure_lines, outcome_table
+from bootstrap.verify.report import FAIL, PASS, failure_lines, outcome_table, show_status
+from bootstrap.verify.status import read_status
 from lab import lifecycle, nodes, story
 from lab.lifecycle import LabOptions, LocalLab
 
@@ -88,7 +91,34 @@ def story_table(stages: Sequence[tuple[str, Sequence[Outcome]]]) -> Table:
 def print_failures(console: Console, outcomes: Sequence[Outcome],
                    causes: Mapping[str, str]) -> None:
     for line in failure_lines(outcomes, causes):
-        console.print(f"[red]x[/] {line}")
+        console.print(f"[red]x[/] {line}", soft_wrap=True)
+
+
+def check(name: str, console: Console) -> int:
+    """The connectivity checks on a kept lab, now: exit 0 only if every one is as expected."""
+    lab = lifecycle.attach(name, console)
+    with lab.ssh:
+        outcomes, causes = lab.run_checks()
+    console.print(outcome_table(outcomes, causes))
+    print_failures(console, outcomes, causes)
+    return 0 if all(outcome.passed for outcome in outcomes) else 1
+
+
+def status(name: str, console: Console) -> int:
+    """One row per node of a kept lab; exit 0 only if every node holds what the plan says."""
+    lab = lifecycle.attach(name, console)
+    wanted = {file.node_path: hashlib.sha256(file.data).hexdigest() for file in plugin_files()}
+    with lab.ssh:
+        statuses = read_status(lab.ssh, lab.plan, wanted)
+    return show_status(console, lab.plan, statuses)
+
+
+def run(name: str, phases: Sequence[str], console: Console) -> int:
+    """Run the named phases of the local workflow on a kept lab, as the bootstrap does."""
+    lab = lifecycle.attach(name, console)
+    with lab.ssh:
+        lifecycle.bootstrap(lab, only=phases)
+    return 0
 
 
 def down(name: str, console: Console) -> int:

@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import paramiko
 from rich.console import Console
@@ -42,6 +42,9 @@ from lab.netns_socket import connect_in_namespace
 
 RUNTIME = f"/usr/bin/python3 -IS {IMAGE_DIR}/pod_runtime.py"
 PROBE_TIMEOUT = 15
+# In the lab's directory: how to reach a lab kept up (`make lab KEEP=1`) from another command.
+STATE_FILE = "lab.json"
+CLIENT_KEY_FILE = "login_key"
 
 
 class LabExists(LabError):
@@ -59,7 +62,8 @@ class LabOptions:
 
 @dataclass
 class LocalLab:
-    """A running lab; `down(name)` removes one even when this object is long gone."""
+    """A running lab; `down(name)` removes one even when this object is long gone, and
+    `attach(name)` finds a kept one again from what `save` wrote."""
 
     layout: Layout
     inventory: Inventory
@@ -70,6 +74,18 @@ class LocalLab:
     @property
     def plan(self) -> Plan:
         return self.layout.plan
+
+    def save(self) -> None:
+        """What another process needs to reach this lab: node count, login, pinned host
+        keys and pods; the login key beside it, readable by root only."""
+        directory = nodes.lab_dir(self.layout.lab)
+        key_file = directory / CLIENT_KEY_FILE
+        key_file.touch(mode=0o600)
+        key_file.write_text(self.inventory.private_key)
+        state = {"nodeCount": len(self.plan.nodes), "user": self.inventory.nodes[0].user,
+                 "hostKeys": {node.name: node.host_key for node in self.inventory.nodes},
+                 "pods": [asdict(pod) for pod in self.pods]}
+        (directory / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
 
     # -- pods -------------------------------------------------------------------------------
 
@@ -88,6 +104,7 @@ class LocalLab:
         hosts = pod_hosts(self.plan)
         by_node = self.ssh.on_all(lambda node: start(node.name), hosts)
         self.pods = [pod for name in hosts for pod in by_node[name]]
+        self.save()
         self.console.log("pods: " + ", ".join(f"{pod.name} {pod.ip}" for pod in self.pods))
         return self.pods
 
@@ -186,16 +203,38 @@ def _build(layout: Layout, options: LabOptions, console: Console,
                for node in layout.nodes}
     _start_internet_host(layout)
     nodes.wait_booted(layout, booting)
-    inventory = inventory_for_plan(
-        layout.plan, hosts={node.name: str(node.public_ip) for node in layout.nodes},
-        host_keys=host_keys, private_key=client_key.private_openssh, user=options.user)
-    # The nodes have booted: a connection that fails now is worth retrying soon.
-    policy = ConnectPolicy(deadline=options.connect_deadline, first_delay=0.05, max_delay=1.0)
-    ssh = ClusterSSH(inventory, policy=policy, client_factory=internet_client_factory(layout),
-                     on_line=None)
+    lab = _connect(layout, host_keys, client_key.private_openssh, options.user, console,
+                   options.connect_deadline)
+    lab.save()
     console.log(f"lab {layout.lab}: {len(layout.nodes)} nodes, router, gateway and internet "
                 f"host up in {time.monotonic() - started:.1f} s")
+    return lab
+
+
+def _connect(layout: Layout, host_keys: dict[str, str], private_key: str, user: str,
+             console: Console, deadline: float) -> LocalLab:
+    inventory = inventory_for_plan(
+        layout.plan, hosts={node.name: str(node.public_ip) for node in layout.nodes},
+        host_keys=host_keys, private_key=private_key, user=user)
+    # The nodes have booted: a connection that fails now is worth retrying soon.
+    policy = ConnectPolicy(deadline=deadline, first_delay=0.05, max_delay=1.0)
+    ssh = ClusterSSH(inventory, policy=policy, client_factory=internet_client_factory(layout),
+                     on_line=None)
     return LocalLab(layout, inventory, ssh, console)
+
+
+def attach(name: str, console: Console, *, deadline: float = 10.0) -> LocalLab:
+    """A lab kept up by an earlier command, reached again with its pinned keys."""
+    directory = nodes.lab_dir(name)
+    try:
+        state = json.loads((directory / STATE_FILE).read_text())
+        private_key = (directory / CLIENT_KEY_FILE).read_text()
+    except FileNotFoundError:
+        raise LabError(f"no lab named {name} is up: start one with `make lab KEEP=1`") from None
+    layout = make_layout(make_plan(Settings(node_count=state["nodeCount"])), name)
+    lab = _connect(layout, state["hostKeys"], private_key, state["user"], console, deadline)
+    lab.pods = [PodInfo(**pod) for pod in state["pods"]]
+    return lab
 
 
 def _start_internet_host(layout: Layout) -> None:

@@ -8,11 +8,13 @@ nodes, so no cause is ever blamed on them (`routed` is unknown).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+
+from rich.table import Table
 
 from bootstrap.errors import LabError
 from bootstrap.kubeadm import KUBECTL_TIMEOUT
-from bootstrap.phases.context import CloudContext
+from bootstrap.phases.context import CloudContext, LocalContext
 from bootstrap.phases.workflow import Phase, log_step
 from bootstrap.remote import RemoteNode
 from bootstrap.verify.checks import ECHO_SERVER, Outcome, PodInfo, pod_hosts, run_checks
@@ -47,6 +49,15 @@ def has_two_workers(context: CloudContext) -> bool:
 
 
 def run_verify(context: CloudContext) -> None:
+    outcomes, causes = check_cluster(context)
+    log_step(NAME, context.plan.control_plane.name,
+             f"checks done\n{plain_text(cloud_table(outcomes, causes))}")
+    context.on_checks(outcomes)
+    raise_on_failure(outcomes, causes)
+
+
+def check_cluster(context: LocalContext) -> tuple[list[Outcome], dict[str, str]]:
+    """The checks from the test pods (applied if missing), and each failure's likely cause."""
     control_plane = context.ssh.node(context.plan.control_plane.name)
     echo_source = ECHO_SERVER.read_bytes()
     pods = deploy_test_pods(control_plane, pod_hosts(context.plan), echo_source)
@@ -55,10 +66,11 @@ def run_verify(context: CloudContext) -> None:
     outcomes = run_checks(prober, checks)
     causes = failure_causes(outcomes, lambda: read_node_facts(context.ssh, context.plan),
                             routed={})
-    table = outcome_table(outcomes, causes, title=f"Connectivity checks (cloud; {LEFT_OUT})")
-    log_step(NAME, control_plane.name, f"checks done\n{plain_text(table)}")
-    context.on_checks(outcomes)
-    raise_on_failure(outcomes, causes)
+    return outcomes, causes
+
+
+def cloud_table(outcomes: Sequence[Outcome], causes: Mapping[str, str]) -> Table:
+    return outcome_table(outcomes, causes, title=f"Connectivity checks (cloud; {LEFT_OUT})")
 
 
 def deploy_test_pods(control_plane: RemoteNode, workers: Sequence[str],

@@ -72,10 +72,6 @@ class Runner(Generic[DataT]):
     def paths(self) -> list[str]:
         return [step.path for step in self._steps]
 
-    def describe(self) -> list[tuple[str, str]]:
-        """(path, short help) of every phase, in run order: for CLI help."""
-        return [(step.path, step.phase.short) for step in self._steps]
-
     def run(self, *, only: Iterable[str] = (), skip: Iterable[str] = ()) -> list[str]:
         """Run the selected phases in order; returns the paths that ran. Raises UnknownPhase
         before running anything, and PhaseError("phase <path>: ...") when a phase fails."""
@@ -134,6 +130,11 @@ class Runner(Generic[DataT]):
             elif only and not any(_is_within(path, name) for name in only):
                 excluded[path] = "not selected by only"
         return excluded
+
+
+def describe(phases: Sequence[Phase[DataT]]) -> list[tuple[str, str]]:
+    """(path, short help) of every phase, in run order: what `make phases` prints."""
+    return [(step.path, step.phase.short) for step in _flatten(phases, parent="")]
 
 
 def _flatten(phases: Sequence[Phase[DataT]], parent: str) -> Iterator[_Step[DataT]]:

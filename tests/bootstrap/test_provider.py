@@ -248,7 +248,8 @@ def test_check_accepts_good_and_unknown_inputs() -> None:
      ("nodes", "inventory nodes ['master', 'worker-1', 'worker-2'] differ")),
     (inputs() | {"settings": asdict(Settings(kubernetes_version="1.31"))},
      ("settings", "kubernetesVersion: '1.31' is not a supported minor")),
-    (inputs() | {"settings": {"node_cuont": 3}}, ("settings", "unknown settings: node_cuont")),
+    (inputs() | {"settings": {"node_cuont": 3}},
+     ("settings", "settings: unknown setting(s) node_cuont")),
     (inputs(sshDeadlineSeconds=0), ("sshDeadlineSeconds", "must be a positive number")),
 ])
 def test_check_names_the_input_that_cannot_work(news: dict[str, Any],

@@ -8,8 +8,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from bootstrap.__main__ import main as bootstrap_cli
 from bootstrap.errors import CommandFailed, PhaseError, UnknownPhase
-from bootstrap.phases import Phase, Runner, local_workflow
+from bootstrap.phases import Phase, Runner, cloud_workflow, local_workflow
+from bootstrap.phases.workflow import describe
 from bootstrap.remote import RunResult
 
 
@@ -55,6 +57,19 @@ def runner(phases: list[Phase[Recorder]] | None = None) -> tuple[Runner[Recorder
 
 def test_paths_flatten_the_tree_in_order() -> None:
     assert runner()[0].paths() == ["a", "b", "b/b1", "b/b2", "b/b2/deep", "c"]
+    assert describe(tree())[:3] == [("a", "the a phase"), ("b", "the b phase"),
+                                    ("b/b1", "the b1 phase")]
+
+
+def test_make_phases_lists_both_workflows_with_their_descriptions(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert bootstrap_cli(["phases"]) == 0
+    local, cloud = capsys.readouterr().out.split("cloud (pulumi up):\n")
+    assert [line.split()[0] for line in local.splitlines()[1:]] == [
+        path for path, _ in describe(local_workflow())]
+    assert "  node-network  Apply sysctls" in local
+    assert [line.split()[0] for line in cloud.splitlines()] == [
+        path for path, _ in describe(cloud_workflow())]
 
 
 @pytest.mark.parametrize(("only", "skip", "expected"), [

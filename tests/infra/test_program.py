@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from bootstrap.provider import OUTPUTS, installed_version
-from infra.plan import Settings, make_plan
+from infra.plan import Settings, make_plan, settings_from_wire
 from tests.bootstrap.test_provider import inputs as provider_test_inputs
 from tests.infra.conftest import (
     AMI_ID,
@@ -376,6 +376,8 @@ def test_outputs_describe_every_node(deploy):
         assert outputs["privateKey"].startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
         assert (outputs["kubernetesVersion"], outputs["podCidr"], outputs["serviceCidr"]) \
             == ("1.36", "10.244.0.0/16", "10.96.0.0/12")
+        # A tool reading the outputs makes the very plan the program made.
+        assert make_plan(settings_from_wire(outputs["settings"])) == DEFAULT_PLAN
     return deploy().check_outputs(check)
 
 

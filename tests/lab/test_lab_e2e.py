@@ -232,3 +232,33 @@ def test_the_cli_keeps_a_lab_that_another_process_removes_idempotently():
     assert_nothing_left(name, held)
     again = lab_cli(name, "down")
     assert again.returncode == 0 and "nothing to remove" in again.stdout
+
+
+def test_a_kept_lab_is_checked_broken_by_hand_and_mended_by_one_phase():
+    """The learner's loop on a kept lab, each step a new process: check (pass), a rule
+    removed by hand, check and status (fail, naming the cause), run node-network, check."""
+    name = lab_name()
+    chain = node_network.FORWARD_CHAIN.name
+    try:
+        assert lab_cli(name, "up", "--keep").returncode == 0
+        healthy = lab_cli(name, "check")
+        assert healthy.returncode == 0 and "FAIL" not in healthy.stdout, healthy.stdout
+        status = lab_cli(name, "status")
+        assert status.returncode == 0 and " ok " in status.stdout, status.stdout
+        lab_cli(name, "enter", "worker-1", "-c", f"iptables -F {chain}")
+        broken = lab_cli(name, "check")
+        assert broken.returncode == 1 and "FORWARD dropped on worker-1" in broken.stdout
+        status = lab_cli(name, "status")
+        assert status.returncode == 1
+        assert "no FORWARD rule accepts the pod network" in status.stdout, status.stdout
+        unknown = lab_cli(name, "run", "node-netwrok")
+        assert unknown.returncode == 1 and "unknown phase(s): node-netwrok" in unknown.stdout
+        assert "Traceback" not in unknown.stdout + unknown.stderr
+        mended = lab_cli(name, "run", "node-network")
+        assert mended.returncode == 0 and "[node-network]" in mended.stdout, mended.stdout
+        assert lab_cli(name, "check").returncode == 0
+    finally:
+        lab_cli(name, "down")
+    gone = lab_cli(name, "check")
+    assert gone.returncode == 1 and f"no lab named {name} is up" in gone.stdout
+    assert "Traceback" not in gone.stdout + gone.stderr
