@@ -3,9 +3,15 @@
 PY := .venv/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup lab down check status run ssh phases test lint bench install-cni
+.PHONY: setup venv lab down check status run ssh phases test lint bench install-cni
 setup:
 	@scripts/install-deps
+
+# The cloud path needs only the virtualenv: no root, no apt.
+venv:
+	@scripts/install-deps --venv-only
+# A stack's verbs need only the virtualenv; a kept lab's need the lab's packages and root.
+TARGET_SETUP = $(if $(STACK),venv,setup)
 
 lab: setup
 	$(PY) -m lab up $(if $(STEPS),--steps) $(if $(KEEP),--keep) $(if $(NODES),--nodes $(NODES)) \
@@ -16,19 +22,19 @@ down: setup
 
 # On a lab kept with `make lab KEEP=1`, or on a Pulumi stack with STACK=<name>.
 ON_STACK = $(if $(STACK),--stack $(STACK))
-check: setup
+check: $(TARGET_SETUP)
 	$(PY) -m lab check $(ON_STACK)
 
-status: setup
+status: $(TARGET_SETUP)
 	$(PY) -m lab status $(ON_STACK)
 
-run: setup
+run: $(TARGET_SETUP)
 	$(PY) -m lab run "$(PHASES)" $(ON_STACK)
 
-ssh: setup
+ssh: venv
 	$(PY) -m lab ssh "$(NODE)" --stack "$(STACK)"
 
-phases: setup
+phases: venv
 	@$(PY) -m bootstrap phases
 
 lint: setup
