@@ -1,7 +1,8 @@
 """The pod side's runner: one `ip -batch -` inside the pod's network namespace.
 
 The process starts before its commands are known: its exec and namespace switch then overlap
-the plugin's own work, and it reads its commands from stdin when `run` is called.
+the plugin's own work. `send` hands it the commands on stdin, `wait` collects the outcome, and
+the plugin may work on in between.
 `subprocess` would import a dozen modules (signal, selectors, threading, ...); `os.posix_spawnp`
 and three pipes do the same here.
 """
