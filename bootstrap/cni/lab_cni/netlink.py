@@ -1,9 +1,9 @@
 """A minimal rtnetlink client: the plugin configures the host side of a pod with it.
 
 Running `ip` for each host-side step would cost an exec each; a netlink socket costs a
-syscall. `socket` and `struct` import enum and more (about 4 ms), so this uses the modules
-they wrap, `_socket` and `_struct`. The numbers are the kernel's, from the uapi headers named
-beside each group.
+syscall. `socket` imports enum and more (about 4 ms), so this uses the module it wraps,
+`_socket`, and `_struct` to pack the messages. The numbers are the kernel's, from the uapi
+headers named beside each group.
 """
 
 from __future__ import annotations
