@@ -1,20 +1,21 @@
-"""node-network: install the node network scripts and boot unit, apply the setup now."""
+"""node-network: install the applier, the node's desired state and the boot unit, then apply."""
 
 from __future__ import annotations
 
 from bootstrap.node_network import (
     BOOT_COMMAND,
     BOOT_UNIT_NAME,
-    NO_CHANGES_LINE,
     NODE_FILES,
+    applier_source,
+    desired_state,
     render_boot_unit,
-    render_setup_script,
-    render_teardown_script,
+    render_state,
 )
+from bootstrap.node_network_apply import NO_CHANGES_LINE
 from bootstrap.phases.context import LocalContext
 from bootstrap.phases.workflow import Phase, log_noop, log_step
+from bootstrap.remote import RemoteNode
 from bootstrap.remote_files import DesiredFile, ensure_files
-from bootstrap.ssh import NodeSSH
 from infra.plan import Plan
 
 NAME = "node-network"
@@ -34,27 +35,26 @@ def run_node_network(context: LocalContext) -> None:
 
 
 def node_network_files(plan: Plan, node_name: str) -> list[DesiredFile]:
-    node = plan.node(node_name)
+    state = desired_state(plan, plan.node(node_name))
     return [
-        DesiredFile(NODE_FILES.setup_script, render_setup_script(plan, node).encode(), 0o755),
-        DesiredFile(NODE_FILES.teardown_script, render_teardown_script(plan, node).encode(),
-                    0o755),
+        DesiredFile(NODE_FILES.applier, applier_source(), 0o644),
+        DesiredFile(NODE_FILES.state, render_state(state).encode(), 0o644),
         DesiredFile(NODE_FILES.boot_unit, render_boot_unit().encode(), 0o644),
     ]
 
 
-def configure_node_network(node: NodeSSH, plan: Plan) -> None:
+def configure_node_network(node: RemoteNode, plan: Plan) -> None:
     written, _ = ensure_files(node, node_network_files(plan, node.name))
     for path in written:
         log_step(NAME, node.name, f"installed {path}")
-    # The script reports each change it makes, and NO_CHANGES_LINE when there was none.
+    # The applier shows each command it runs and ends with NO_CHANGES_LINE if there was none.
     applied = node.run(BOOT_COMMAND, timeout=SETUP_TIMEOUT)
     if applied.output.rstrip("\n").endswith(NO_CHANGES_LINE):
         log_noop(NAME, node.name, "bridge, sysctls and iptables rules already in place")
     enable_boot_unit(node, unit_changed=NODE_FILES.boot_unit in written)
 
 
-def enable_boot_unit(node: NodeSSH, *, unit_changed: bool) -> None:
+def enable_boot_unit(node: RemoteNode, *, unit_changed: bool) -> None:
     if not node.exists(SYSTEMD_RUNNING_MARKER):
         log_noop(NAME, node.name, f"{BOOT_UNIT_NAME} is installed for boot, but no systemd "
                  "runs here to enable it")

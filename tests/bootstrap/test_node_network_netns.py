@@ -1,18 +1,17 @@
-"""The rendered node network scripts applied for real, inside namespaces this test creates."""
+"""The applier run for real, as the node runs it, inside namespaces this test creates."""
 
 from __future__ import annotations
 
 import re
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from bootstrap.node_network import (
-    NO_CHANGES_LINE,
-    render_setup_script,
-    render_teardown_script,
-)
+from bootstrap import node_network_apply
+from bootstrap.node_network import desired_state, forward_only_state, render_state
+from bootstrap.node_network_apply import NO_CHANGES_LINE
 from infra.plan import Settings, make_plan
 from tests.bootstrap.conftest import needs_netns
 from tests.bootstrap.netns import Namespaces, iptables_state, link_state, namespaces
@@ -21,8 +20,8 @@ pytestmark = needs_netns
 
 PLAN = make_plan(Settings())
 WORKER = PLAN.node("worker-1")
-SETUP = render_setup_script(PLAN, WORKER)
-TEARDOWN = render_teardown_script(PLAN, WORKER)
+# This repository's file, run as the node runs it: its own directory is not on sys.path.
+APPLIER = node_network_apply.__file__
 # Someone else's rules: they must survive our setup and teardown untouched.
 FOREIGN_RULES = [
     ("filter", "FORWARD", "-s", "192.0.2.7/32", "-j", "DROP"),
@@ -55,8 +54,7 @@ def spaces() -> Iterator[Namespaces]:
         yield made
 
 
-@pytest.fixture
-def node(spaces: Namespaces) -> str:
+def new_node(spaces: Namespaces) -> str:
     """A node namespace with someone else's rules and Docker's FORWARD policy (DROP)."""
     name = spaces.create("node")
     spaces.run(name, "iptables", "-P", "FORWARD", "DROP")
@@ -65,19 +63,40 @@ def node(spaces: Namespaces) -> str:
     return name
 
 
-def apply(spaces: Namespaces, namespace: str, script: str) -> str:
-    return spaces.run(namespace, "bash", "-s", stdin=script).stdout
+@pytest.fixture
+def node(spaces: Namespaces) -> str:
+    return new_node(spaces)
+
+
+@pytest.fixture
+def state_file(tmp_path: Path) -> str:
+    """worker-1's desired state, as the bootstrap writes it on the node."""
+    path = tmp_path / "node-network.json"
+    path.write_text(render_state(desired_state(PLAN, WORKER)))
+    return str(path)
+
+
+def node_state(spaces: Namespaces, namespace: str) -> tuple[str, str]:
+    return iptables_state(spaces, namespace), link_state(spaces, namespace)
+
+
+def apply(spaces: Namespaces, namespace: str, *arguments: str, stdin: str | None = None) -> str:
+    """The boot unit's command (`--teardown` first: the teardown), standard output only."""
+    return spaces.run(namespace, "/usr/bin/python3", "-IS", APPLIER, *arguments,
+                      stdin=stdin).stdout
 
 
 def test_setup_applies_everything_and_a_second_run_changes_nothing(
-        spaces: Namespaces, node: str) -> None:
-    first = apply(spaces, node, SETUP)
-    assert "created bridge cni0" in first and "rebuilt iptables chains" in first
-    after_first = (iptables_state(spaces, node), link_state(spaces, node))
+        spaces: Namespaces, node: str, state_file: str) -> None:
+    first = apply(spaces, node, state_file)
+    assert "node-network: created bridge cni0 with 10.244.1.1/24, up" in first
+    assert "+ iptables-restore -w --noflush <<'EOF'" in first  # each command is shown
+    assert first.endswith("node-network: rebuilt iptables chains LAB-FWD and LAB-POSTRTG\n"
+                          "node-network: 3 change(s)\n")  # the bridge sysctl: already 1
+    after_first = node_state(spaces, node)
 
-    second = apply(spaces, node, SETUP)
-    assert second.strip() == NO_CHANGES_LINE
-    assert (iptables_state(spaces, node), link_state(spaces, node)) == after_first
+    assert apply(spaces, node, state_file) == f"{NO_CHANGES_LINE}\n"
+    assert node_state(spaces, node) == after_first
 
     saved = after_first[0]
     assert '-A LAB-POSTRTG -s 10.244.1.0/24 ! -d 10.244.0.0/16 -m comment --comment ' \
@@ -90,25 +109,32 @@ def test_setup_applies_everything_and_a_second_run_changes_nothing(
                       "net.bridge.bridge-nf-call-iptables").stdout.strip() == "1"
 
 
-def test_setup_repairs_drift_back_to_the_same_state(spaces: Namespaces, node: str) -> None:
-    apply(spaces, node, SETUP)
-    wanted = (iptables_state(spaces, node), link_state(spaces, node))
+def test_setup_repairs_drift_back_to_the_same_state(spaces: Namespaces, node: str,
+                                                    state_file: str) -> None:
+    apply(spaces, node, state_file)
+    wanted = node_state(spaces, node)
     spaces.run(node, "iptables", "-t", "nat", "-F", "LAB-POSTRTG")  # a rule lost
     spaces.run(node, "iptables", "-A", "LAB-FWD", "-s", "10.99.0.0/16", "-j", "ACCEPT")  # stale
     spaces.run(node, "iptables", "-D", "FORWARD", "1")  # our jump gone
+    spaces.run(node, "iptables", "-t", "nat", "-A", "POSTROUTING", "-m", "comment", "--comment",
+               "k8s-cni-lab jump to LAB-POSTRTG", "-j", "LAB-POSTRTG")  # a second jump
     spaces.run(node, "ip", "addr", "add", "10.99.0.1/24", "dev", "cni0")  # an extra address
     spaces.run(node, "ip", "link", "set", "cni0", "down")
     spaces.run(node, "sysctl", "-q", "-w", "net.ipv4.ip_forward=0")
 
-    repaired = apply(spaces, node, SETUP)
-    assert "removed 10.99.0.1/24 from cni0" in repaired and "set net.ipv4.ip_forward=1" in repaired
-    assert (iptables_state(spaces, node), link_state(spaces, node)) == wanted
+    repaired = apply(spaces, node, state_file)
+    for change in ("removed 10.99.0.1/24 from cni0", "set cni0 up", "set net.ipv4.ip_forward=1",
+                   "rebuilt iptables chains LAB-FWD and LAB-POSTRTG"):
+        assert f"node-network: {change}\n" in repaired
+    assert node_state(spaces, node) == wanted
 
 
-def test_the_boot_run_restores_everything_a_reboot_lost(spaces: Namespaces, node: str) -> None:
-    """A reboot loses the bridge, the sysctls and every iptables rule (findings #7)."""
-    apply(spaces, node, SETUP)
-    wanted = (iptables_state(spaces, node), link_state(spaces, node))
+def test_the_boot_run_restores_everything_a_reboot_lost(spaces: Namespaces, node: str,
+                                                        state_file: str) -> None:
+    """A reboot loses the bridge, the sysctls and every iptables rule: the boot unit's
+    command brings them back."""
+    apply(spaces, node, state_file)
+    wanted = node_state(spaces, node)
     spaces.run(node, "ip", "link", "del", "cni0")
     spaces.run(node, "sysctl", "-q", "-w", "net.ipv4.ip_forward=0")
     for table in ("filter", "nat"):
@@ -118,29 +144,66 @@ def test_the_boot_run_restores_everything_a_reboot_lost(spaces: Namespaces, node
     for table, chain, *spec in FOREIGN_RULES:  # the others' rules come back at boot too
         spaces.run(node, "iptables", "-t", table, "-A", chain, *spec)
 
-    booted = apply(spaces, node, SETUP)
+    booted = apply(spaces, node, state_file)
     assert "created bridge cni0" in booted and "rebuilt iptables chains" in booted
-    restored = (iptables_state(spaces, node), link_state(spaces, node))
+    restored = node_state(spaces, node)
     assert restored[0] == wanted[0]
     # The new bridge has a new index and MAC address; everything else is as before.
     assert _without_identity(restored[1]) == _without_identity(wanted[1])
 
 
-def test_teardown_leaves_exactly_what_was_there_before(spaces: Namespaces, node: str) -> None:
-    before = (iptables_state(spaces, node), link_state(spaces, node))
-    apply(spaces, node, SETUP)
-    removed = apply(spaces, node, TEARDOWN)
-    assert "removed bridge cni0" in removed and "removed chain LAB-FWD (filter)" in removed
-    assert (iptables_state(spaces, node), link_state(spaces, node)) == before
-    assert apply(spaces, node, TEARDOWN).strip() == NO_CHANGES_LINE
+def test_teardown_leaves_exactly_what_was_there_before(spaces: Namespaces, node: str,
+                                                       state_file: str) -> None:
+    before = node_state(spaces, node)
+    apply(spaces, node, state_file)
+    removed = apply(spaces, node, "--teardown", state_file)
+    for change in ("removed jump to LAB-FWD", "removed jump to LAB-POSTRTG",
+                   "removed chain LAB-FWD (filter)", "removed chain LAB-POSTRTG (nat)",
+                   "removed bridge cni0"):
+        assert f"node-network: {change}\n" in removed
+    assert node_state(spaces, node) == before
+    assert apply(spaces, node, "--teardown", state_file) == f"{NO_CHANGES_LINE}\n"
 
 
-def test_nat_applies_only_to_traffic_leaving_the_cluster(spaces: Namespaces, node: str) -> None:
+def test_a_cni0_that_is_not_a_bridge_is_refused_before_anything_changes(
+        spaces: Namespaces, node: str, state_file: str) -> None:
+    spaces.run(node, "ip", "link", "add", "cni0", "type", "veth", "peer", "name", "cni0-peer")
+    spaces.run(node, "sysctl", "-q", "-w", "net.ipv4.ip_forward=0")
+    before = node_state(spaces, node)
+    refused = spaces.run(node, "/usr/bin/python3", "-IS", APPLIER, state_file, check=False)
+    assert (refused.returncode, refused.stdout) == (1, "")
+    assert refused.stderr == ("node-network: cni0 exists but is not a bridge; remove it and "
+                              "re-run\n")
+    assert node_state(spaces, node) == before
+    assert spaces.run(node, "sysctl", "-n", "net.ipv4.ip_forward").stdout.strip() == "0"
+
+
+def test_the_forward_only_state_then_the_whole_one_ends_as_the_whole_one(
+        spaces: Namespaces, node: str, state_file: str) -> None:
+    """The story's stage 2 (the filter table only, its state on standard input), then the
+    node-network phase: the same rules as a node set up in one go."""
+    forward_only = render_state(forward_only_state(PLAN, WORKER))
+    applied = apply(spaces, node, "-", stdin=forward_only)
+    assert "node-network: rebuilt iptables chains LAB-FWD\n" in applied
+    saved = iptables_state(spaces, node)
+    assert "-j LAB-FWD" in saved and "LAB-POSTRTG" not in saved
+    assert "cni0" not in link_state(spaces, node)  # the bridge is left to the plugin
+    assert apply(spaces, node, "-", stdin=forward_only) == f"{NO_CHANGES_LINE}\n"
+
+    apply(spaces, node, state_file)
+    in_one_go = new_node(spaces)
+    apply(spaces, in_one_go, state_file)
+    assert iptables_state(spaces, node) == iptables_state(spaces, in_one_go)
+
+
+def test_nat_applies_only_to_traffic_leaving_the_cluster(spaces: Namespaces, node: str,
+                                                         state_file: str) -> None:
     """A pod on worker-1 reaches a pod of worker-2 with its own address, and the internet
-    with the node's address (findings #6), through a FORWARD policy of DROP."""
+    with the node's address (the seed lab's `! -o cni0` NATed both), through a FORWARD
+    policy of DROP."""
     pod, outside = spaces.create("pod"), spaces.create("outside")
     remote_pod, internet, node_ip = "10.244.2.2", "198.51.100.1", str(WORKER.private_ip)
-    apply(spaces, node, SETUP)
+    apply(spaces, node, state_file)
     _wire_pod(spaces, node, pod, pod_ip="10.244.1.2/24", gateway=str(WORKER.gateway))
     # "outside" is the VPC router holding the remote pod and the internet host's addresses.
     _veth(spaces, node, "eth0", outside, "vpc0")

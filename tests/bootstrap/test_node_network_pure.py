@@ -1,26 +1,33 @@
-"""The node network as data: given a plan, expect these rules, scripts and config."""
+"""The node network as data: given a plan, expect these rules, state, unit and config."""
 
 from __future__ import annotations
 
+import ast
+import json
 import shlex
-import subprocess
+import sys
 
 import pytest
 
 from bootstrap.node_network import (
+    APPLY_STDIN_COMMAND,
     BOOT_COMMAND,
     MASQUERADE_CHAIN,
     NODE_FILES,
     OWN_CHAINS,
+    TEARDOWN_COMMAND,
     Rule,
+    applier_source,
     bridge_address,
     cni_conflist,
+    desired_state,
+    forward_only_state,
     jump_rules,
     render_boot_unit,
-    render_setup_script,
-    render_teardown_script,
+    render_state,
     rules,
 )
+from bootstrap.node_network_apply import json_loads, shell_join, state_from_json
 from infra.plan import Settings, make_plan
 
 PLAN = make_plan(Settings())
@@ -94,47 +101,90 @@ def test_conflist_for_worker_2() -> None:
     }
 
 
-def test_setup_script_bakes_in_the_values_and_stays_out_of_etc() -> None:
-    script = render_setup_script(PLAN, PLAN.node("worker-1"))
-    assert script.startswith("#!/bin/bash\n") and "set -euo pipefail" in script
-    assert "10.244.1.1/24" in script and "10.244.1.0/24" in script
-    code = "\n".join(line for line in script.splitlines() if not line.lstrip().startswith("#"))
-    assert "sysctl.d" not in code and "/etc/" not in code
-    assert "iptables-restore -w --noflush" in script
-    assert "-F" not in script.split()  # setup flushes nothing: declaring our chains does
-    assert "! -o" not in script
+def test_the_state_of_worker_1_is_the_plan_s_values() -> None:
+    state = desired_state(PLAN, PLAN.node("worker-1"))
+    assert state.node == "worker-1"
+    assert dict(state.sysctls) == {"net.ipv4.ip_forward": "1",
+                                   "net.bridge.bridge-nf-call-iptables": "1"}
+    assert state.bridge is not None
+    assert (state.bridge.name, state.bridge.address) == ("cni0", "10.244.1.1/24")
+    assert state.chains == OWN_CHAINS
+    assert list(state.rules) == rules(PLAN, PLAN.node("worker-1"))
 
 
-@pytest.mark.parametrize("render", [render_setup_script, render_teardown_script])
-def test_scripts_are_valid_bash(render) -> None:  # type: ignore[no-untyped-def]
-    script = render(PLAN, PLAN.node("worker-1"))
-    checked = subprocess.run(["bash", "-n"], input=script, text=True, capture_output=True)
-    assert checked.returncode == 0, checked.stderr
+def test_the_state_file_is_json_the_applier_reads_back_unchanged() -> None:
+    for node in PLAN.nodes:
+        state = desired_state(PLAN, node)
+        text = render_state(state)
+        assert json_loads(text) == json.loads(text)  # the applier's reader, without json
+        assert state_from_json(json_loads(text)) == state
+    assert "/etc/" not in render_state(desired_state(PLAN, PLAN.nodes[0]))  # no sysctl.d
 
 
-def test_teardown_removes_jumps_chains_and_bridge_only() -> None:
-    script = render_teardown_script(PLAN, PLAN.node("master"))
-    for jump in jump_rules():
-        assert jump.command("-D") in script
-    assert "iptables -w -t filter -X LAB-FWD" in script
-    assert "iptables -w -t nat -X LAB-POSTRTG" in script
-    assert "ip link del dev cni0" in script
-    assert "/proc/sys" not in script and "sysctl" not in script  # sysctls are left alone
+def test_the_applier_reads_bad_json_as_json_does() -> None:
+    for bad in ("", "{", '{"node": 1} x', "[1,]"):
+        with pytest.raises(ValueError):
+            json_loads(bad)
 
 
-def test_boot_unit_runs_the_setup_script_before_the_kubelet() -> None:
+def test_the_forward_only_state_is_the_filter_part_and_leaves_the_bridge() -> None:
+    worker = PLAN.node("worker-2")
+    state = forward_only_state(PLAN, worker)
+    assert state.bridge is None and [c.name for c in state.chains] == ["LAB-FWD"]
+    assert list(state.rules) == [r for r in rules(PLAN, worker) if r.table == "filter"]
+    assert state.sysctls == desired_state(PLAN, worker).sysctls
+    assert state_from_json(json_loads(render_state(state))) == state
+
+
+def imported_modules(tree: ast.AST) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            found.add(node.module or "")
+    return found
+
+
+def test_the_applier_is_one_standard_library_file_with_cheap_imports() -> None:
+    """It runs on nodes with /usr/bin/python3 -IS at every boot and bootstrap: nothing of the
+    project, and at start-up only modules that cost no more than a millisecond or so."""
+    tree = ast.parse(applier_source())
+    assert {name.split(".")[0] for name in imported_modules(tree)} <= set(
+        sys.stdlib_module_names)
+    at_start_up = imported_modules(ast.Module(
+        body=[node for node in tree.body if isinstance(node, ast.Import | ast.ImportFrom)],
+        type_ignores=[]))
+    assert at_start_up == {"__future__", "os", "sys"}
+
+
+@pytest.mark.parametrize("words", [
+    ["iptables", "-t", "nat", "!", "-d", "10.244.0.0/16"], ["--comment", "k8s-cni-lab a b"],
+    ["it's", "", "a_b", "x;y", "$HOME"],
+])
+def test_commands_are_shown_as_shlex_quotes_them(words: list[str]) -> None:
+    assert shell_join(words) == shlex.join(words)
+
+
+def test_boot_unit_runs_the_applier_before_the_kubelet() -> None:
     unit = render_boot_unit()
     assert "Type=oneshot" in unit and "RemainAfterExit=yes" in unit
     assert "Before=kubelet.service" in unit and "After=network-online.target" in unit
     assert f"ExecStart={BOOT_COMMAND}" in unit
-    assert shlex.split(BOOT_COMMAND) == ["/bin/bash", NODE_FILES.setup_script]
     assert "WantedBy=multi-user.target" in unit
+
+
+def test_the_applier_runs_with_the_node_s_own_isolated_python() -> None:
+    python = ["/usr/bin/python3", "-IS", NODE_FILES.applier]
+    assert shlex.split(BOOT_COMMAND) == [*python, NODE_FILES.state]
+    assert shlex.split(TEARDOWN_COMMAND) == [*python, "--teardown", NODE_FILES.state]
+    assert shlex.split(APPLY_STDIN_COMMAND) == [*python, "-"]
 
 
 def test_node_files_are_the_only_paths_written() -> None:
     assert NODE_FILES.__dict__ == {
-        "setup_script": "/etc/k8s-cni-lab/node-network.sh",
-        "teardown_script": "/etc/k8s-cni-lab/node-network-down.sh",
+        "applier": "/opt/k8s-cni-lab/node_network_apply.py",
+        "state": "/etc/k8s-cni-lab/node-network.json",
         "boot_unit": "/etc/systemd/system/lab-node-network.service",
         "conflist": "/etc/cni/net.d/10-lab-cni.conflist",
     }
