@@ -11,10 +11,10 @@ failure into a pass:
 
 from __future__ import annotations
 
-import shlex
 from dataclasses import dataclass
 
 from bootstrap import node_network
+from bootstrap.remote import RemoteNode
 from bootstrap.verify.checks import Outcome
 from lab import network
 from lab.lifecycle import LocalLab, bootstrap
@@ -27,17 +27,13 @@ class Stage:
     causes: dict[str, str]
 
 
-def forward_rules_script(running: LocalLab, node_name: str) -> str:
-    """Only the filter-table part of the node network: the lab's 'FORWARD fix'."""
-    plan = running.plan
-    node = plan.node(node_name)
-    lines = ["set -e", "sysctl -q -w net.ipv4.ip_forward=1"]
-    chains = {rule.chain for rule in node_network.rules(plan, node) if rule.table == "filter"}
-    lines += [f"iptables -t filter -N {chain}" for chain in sorted(chains)]
-    for rule in node_network.jump_rules() + node_network.rules(plan, node):
-        if rule.table == "filter":
-            lines.append(shlex.join(["iptables", "-t", "filter", "-A", rule.chain, *rule.args()]))
-    return "\n".join(lines)
+def apply_forward_rules(running: LocalLab, node: RemoteNode) -> None:
+    """Only the filter-table part of the node network, the lab's "FORWARD fix": the same
+    applier the bootstrap runs, given a desired state without NAT (on its standard input)."""
+    state = node_network.forward_only_state(running.plan, running.plan.node(node.name))
+    node.put_files([(node_network.NODE_FILES.applier, node_network.applier_source(), 0o644)])
+    node.run(node_network.APPLY_STDIN_COMMAND, timeout=60, quiet=True,
+             stdin=node_network.render_state(state).encode())
 
 
 def _checks(running: LocalLab, title: str) -> Stage:
@@ -50,8 +46,7 @@ def replay(running: LocalLab) -> list[Stage]:
     bootstrap(running, skip=("node-network",))
     running.start_pods()
     stages = [_checks(running, "1 bridge only")]
-    running.ssh.on_all(lambda node: node.run(forward_rules_script(running, node.name),
-                                             timeout=60, quiet=True))
+    running.ssh.on_all(lambda node: apply_forward_rules(running, node))
     stages.append(_checks(running, "2 +FORWARD"))
     bootstrap(running, only=("node-network",))
     stages.append(_checks(running, "3 +NAT"))
