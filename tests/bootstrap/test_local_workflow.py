@@ -19,10 +19,11 @@ from bootstrap.errors import PhaseError
 from bootstrap.inventory import Inventory, inventory_for_plan
 from bootstrap.node_network import (
     NODE_FILES,
+    applier_source,
     cni_conflist,
+    desired_state,
     render_boot_unit,
-    render_setup_script,
-    render_teardown_script,
+    render_state,
 )
 from bootstrap.phases import run_local_workflow
 from bootstrap.phases.context import LocalContext
@@ -162,8 +163,8 @@ def test_workflow_installs_everything_then_a_rerun_changes_nothing(
         expected: dict[str, tuple[bytes | None, int]] = {
             **installed,
             NODE_FILES.conflist: (None, 0o644),
-            NODE_FILES.setup_script: (render_setup_script(plan, planned).encode(), 0o755),
-            NODE_FILES.teardown_script: (render_teardown_script(plan, planned).encode(), 0o755),
+            NODE_FILES.applier: (applier_source(), 0o644),
+            NODE_FILES.state: (render_state(desired_state(plan, planned)).encode(), 0o644),
             NODE_FILES.boot_unit: (render_boot_unit().encode(), 0o644),
         }
         for path, (content, mode) in expected.items():

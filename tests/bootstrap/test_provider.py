@@ -30,6 +30,7 @@ from pulumi.runtime import rpc
 from pulumi.runtime.proto import provider_pb2, provider_pb2_grpc
 from pulumi.runtime.sync_await import _sync_await
 
+from bootstrap import node_network
 from bootstrap.inventory import Inventory
 from bootstrap.provider import (
     BootstrapFailed,
@@ -154,7 +155,7 @@ def test_update_reruns_the_workflow_which_changes_nothing_on_a_built_cluster(
     updated = provider.update(created.id, created.outs or {}, news)
 
     again = commands_since(connections.cluster, before)
-    assert any("node-network.sh" in c for c in again)  # re-applied: it is idempotent
+    assert any(node_network.BOOT_COMMAND in c for c in again)  # re-applied: it is idempotent
     assert not [c for c in again if any(step in c for step in (
         "kubeadm init", "kubeadm join", "token create", "patch node"))]
     assert (updated.outs or {})["version"]["plugin"] == "c" * 64

@@ -134,8 +134,10 @@ def test_check_reports_each_mismatch(node: Node) -> None:
     try:
         node.ip("link", "set", "eth0", "netns", f"{pod}-elsewhere", pod=pod)
         assert "container interface 'eth0' is missing" in _check_error(node, with_prev, pod)
+        # Deleting one end removes the pair at once; a namespace's deletion does it later.
+        sh("ip", "-n", f"{pod}-elsewhere", "link", "del", "eth0")
     finally:
-        sh("ip", "netns", "del", f"{pod}-elsewhere")  # takes the pod's end, and the pair
+        sh("ip", "netns", "del", f"{pod}-elsewhere")
     assert f"host veth {host_veth!r} is missing" in _check_error(node, with_prev, pod)
     assert "needs prevResult" in node.call("CHECK", conf, pod).json["msg"]
 

@@ -93,8 +93,8 @@ def test_the_bootstrap_logged_in_as_ubuntu_and_used_sudo(running_lab):
     assert node.access.user == "ubuntu"
     assert node.run("id -un", timeout=30, quiet=True).output == "root\n"  # through sudo -n
     owner = node.run("stat -c '%U %a' /opt/cni/bin/lab-cni /opt/cni/lib/lab-cni/lab_cni/plugin.py "
-                     "/etc/k8s-cni-lab/node-network.sh", timeout=30, quiet=True)
-    assert owner.output == "root 755\nroot 644\nroot 755\n"
+                     f"{node_network.NODE_FILES.applier}", timeout=30, quiet=True)
+    assert owner.output == "root 755\nroot 644\nroot 644\n"
     staged = node.run("ls -A /tmp", timeout=30, quiet=True).output
     assert ".k8s-cni-lab" not in staged  # uploads staged for sudo are cleaned up
     # A root-only file (as kubeadm's admin.conf is) is read through sudo; absent is None.
@@ -143,11 +143,11 @@ def test_a_reboot_then_the_boot_unit_restores_every_check(running_lab):
     disk stays. The boot unit's command brings the node network back; the runtime then
     stops the dead sandboxes (DEL without a netns) and starts the pods again."""
     workers = [node.name for node in running_lab.plan.workers]
-    down_script = node_network.NODE_FILES.teardown_script
     for name in workers:
         running_lab.ssh.node(name).run(
             f"for pod in $(ip netns list | cut -d' ' -f1); do ip netns pids $pod | xargs -r kill;"
-            f" ip netns del $pod; done; bash {down_script}; sysctl -q -w net.ipv4.ip_forward=0",
+            f" ip netns del $pod; done; {node_network.TEARDOWN_COMMAND};"
+            " sysctl -q -w net.ipv4.ip_forward=0",
             timeout=60, quiet=True)
     assert "pod to pod, same node" in failures(running_lab)
 
