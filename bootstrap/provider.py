@@ -33,12 +33,12 @@ import pulumi
 import pulumi.dynamic as dynamic
 from pulumi.runtime.rpc import UNKNOWN
 
-from bootstrap.cni.install import tree_sha256
+from bootstrap.cni.install import SOURCE_DIR, tree_sha256
 from bootstrap.errors import InventoryError, LabError
 from bootstrap.inventory import Inventory, NodeAccess, check_agrees_with_plan
 from bootstrap.phases.cloud import run_cloud_workflow
 from bootstrap.phases.cni import cni_files, read_plugin
-from bootstrap.phases.context import PLUGIN_SOURCE, CloudContext
+from bootstrap.phases.context import CloudContext
 from bootstrap.phases.node_network import node_network_files
 from bootstrap.remote import NodeCluster
 from bootstrap.ssh import ClusterSSH, ConnectPolicy
@@ -150,7 +150,7 @@ class ClusterBootstrapArgs:
     private_key: pulumi.Input[str]  # the login key; pass it as a secret
     ssh_user: str = NODE_LOGIN
     ssh_deadline_seconds: float = ConnectPolicy.deadline
-    plugin_source: Path = PLUGIN_SOURCE
+    plugin_source: Path = SOURCE_DIR
 
 
 class ClusterBootstrap(dynamic.Resource, module="bootstrap", name="ClusterBootstrap"):
@@ -178,7 +178,7 @@ class ClusterBootstrap(dynamic.Resource, module="bootstrap", name="ClusterBootst
                          pulumi.ResourceOptions.merge(opts, secrets))
 
 
-def installed_version(plan: Plan, plugin_source: Path = PLUGIN_SOURCE) -> dict[str, str]:
+def installed_version(plan: Plan, plugin_source: Path = SOURCE_DIR) -> dict[str, str]:
     """sha256 of the plugin and of every other file the bootstrap writes on the nodes, so a
     change to either updates the resource."""
     plugin = read_plugin(plugin_source)

@@ -27,29 +27,29 @@ class Stage:
     causes: dict[str, str]
 
 
-def apply_forward_rules(running: LocalLab, node: RemoteNode) -> None:
+def apply_forward_rules(lab: LocalLab, node: RemoteNode) -> None:
     """Only the filter-table part of the node network, the lab's "FORWARD fix": the same
     applier the bootstrap runs, given a desired state without NAT (on its standard input)."""
-    state = node_network.forward_only_state(running.plan, running.plan.node(node.name))
+    state = node_network.forward_only_state(lab.plan, lab.plan.node(node.name))
     node.put_files([(node_network.NODE_FILES.applier, node_network.applier_source(), 0o644)])
     node.run(node_network.APPLY_STDIN_COMMAND, timeout=60, quiet=True,
              stdin=node_network.render_state(state).encode())
 
 
-def _checks(running: LocalLab, title: str) -> Stage:
-    outcomes, causes = running.run_checks()
-    running.console.log(f"{title}: {sum(o.passed for o in outcomes)}/{len(outcomes)} as expected")
+def _checks(lab: LocalLab, title: str) -> Stage:
+    outcomes, causes = lab.run_checks()
+    lab.console.log(f"{title}: {sum(o.passed for o in outcomes)}/{len(outcomes)} as expected")
     return Stage(title, outcomes, causes)
 
 
-def replay(running: LocalLab) -> list[Stage]:
-    bootstrap(running, skip=("node-network",))
-    running.start_pods()
-    stages = [_checks(running, "1 bridge only")]
-    running.ssh.on_all(lambda node: apply_forward_rules(running, node))
-    stages.append(_checks(running, "2 +FORWARD"))
-    bootstrap(running, only=("node-network",))
-    stages.append(_checks(running, "3 +NAT"))
-    network.add_pod_routes(running.layout)
-    stages.append(_checks(running, "4 +routes"))
+def replay(lab: LocalLab) -> list[Stage]:
+    bootstrap(lab, skip=("node-network",))
+    lab.start_pods()
+    stages = [_checks(lab, "1 bridge only")]
+    lab.ssh.on_all(lambda node: apply_forward_rules(lab, node))
+    stages.append(_checks(lab, "2 +FORWARD"))
+    bootstrap(lab, only=("node-network",))
+    stages.append(_checks(lab, "3 +NAT"))
+    network.add_pod_routes(lab.layout)
+    stages.append(_checks(lab, "4 +routes"))
     return stages

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from bootstrap.cni.install import SOURCE_DIR
 from bootstrap.inventory import Inventory
 from bootstrap.remote import NodeCluster
 from bootstrap.verify.checks import Outcome
@@ -19,9 +20,6 @@ from infra.plan import Plan
 
 # Receives the verify phase's outcomes (the provider exposes them as an output).
 ChecksSink = Callable[[Sequence[Outcome]], None]
-
-# The plugin as written in this repository; nodes get it as /opt/cni/bin/lab-cni.
-PLUGIN_SOURCE = Path(__file__).resolve().parent.parent / "cni" / "lab_cni"
 
 
 def ignore_checks(_outcomes: Sequence[Outcome]) -> None:
@@ -33,7 +31,7 @@ class LocalContext:
     plan: Plan  # what each node is
     inventory: Inventory  # how each node is reached
     ssh: NodeCluster  # the open connections, one per inventory node
-    plugin_source: Path = PLUGIN_SOURCE
+    plugin_source: Path = SOURCE_DIR
 
 
 @dataclass(frozen=True, kw_only=True)
