@@ -5,7 +5,7 @@ import pulumi
 
 from bootstrap.provider import BootstrapNode, ClusterBootstrap, ClusterBootstrapArgs
 from infra.config import load_config
-from infra.network import Network, NetworkArgs, first_availability_zone
+from infra.network import Network, NetworkArgs, default_availability_zone
 from infra.nodes import Nodes, NodesArgs, latest_ubuntu_ami
 from infra.outputs import stack_outputs
 from infra.plan import NODE_LOGIN, PlanError, make_plan
@@ -20,7 +20,8 @@ except PlanError as error:
 
 network = Network("lab", NetworkArgs(
     plan=plan,
-    availability_zone=config.availability_zone or first_availability_zone(),
+    availability_zone=(config.availability_zone
+                       or default_availability_zone(plan.settings.instance_type)),
 ))
 nodes = Nodes("lab", NodesArgs(
     plan=plan,

@@ -36,7 +36,7 @@ PLAN_KEYS = {
 class StackConfig:
     settings: Settings
     ami_id: str | None  # None: the latest Canonical Ubuntu 24.04 image of the region
-    availability_zone: str | None  # None: the region's first available zone
+    availability_zone: str | None  # None: the first zone offering the instance type
     bootstrap: bool = True  # False: stop at bare nodes and routes (bootstrap by hand)
 
 

@@ -6,6 +6,7 @@ interfaces, and the route table must exist before the instances boot.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pulumi
@@ -154,6 +155,27 @@ class Network(pulumi.ComponentResource):
         return group
 
 
-def first_availability_zone() -> pulumi.Output[str]:
-    """The default zone: the region's first available one."""
-    return aws.get_availability_zones_output(state="available").names[0]
+# Local and Wavelength zones need an opt-in and offer few instance types: only a region's
+# own Availability Zones qualify, without opt-in.
+ZONE_FILTERS = [{"name": "zone-type", "values": ["availability-zone"]},
+                {"name": "opt-in-status", "values": ["opt-in-not-required"]}]
+
+
+def default_availability_zone(instance_type: str) -> pulumi.Output[str]:
+    """The default zone: the region's first Availability Zone that offers the instance type."""
+    zones = aws.get_availability_zones_output(state="available", filters=ZONE_FILTERS)
+    offers = aws.ec2.get_instance_type_offerings_output(
+        location_type="availability-zone",
+        filters=[{"name": "instance-type", "values": [instance_type]}])
+    return pulumi.Output.all(zones.names, offers.locations).apply(
+        lambda found: choose_zone(found[0], found[1], instance_type))
+
+
+def choose_zone(zones: Sequence[str], offering: Sequence[str], instance_type: str) -> str:
+    """The first zone, in the region's order, where the instance type is offered."""
+    for zone in zones:
+        if zone in offering:
+            return zone
+    raise pulumi.RunError(
+        f"no Availability Zone of this region offers {instance_type}: set "
+        "k8s-cni-lab:instanceType to another type, or k8s-cni-lab:availabilityZone")

@@ -33,6 +33,9 @@ MOCK_KUBECONFIG = "apiVersion: v1\nkind: Config\n# the mocked cluster admin's\n"
 
 AMI_TOKEN = "aws:ec2/getAmi:getAmi"
 ZONES_TOKEN = "aws:index/getAvailabilityZones:getAvailabilityZones"
+OFFERINGS_TOKEN = "aws:ec2/getInstanceTypeOfferings:getInstanceTypeOfferings"
+# The first zone lacks the default instance type, as a new zone sometimes does.
+OFFERING_ZONES = ZONES[1:]
 
 
 def fake_public_key(name: str) -> str:
@@ -72,6 +75,8 @@ class LabMocks(pulumi.runtime.Mocks):
             return {"id": AMI_ID, "imageId": AMI_ID}, []
         if args.token == ZONES_TOKEN:
             return {"names": ZONES, "zoneIds": ["apse1-az1", "apse1-az2", "apse1-az3"]}, []
+        if args.token == OFFERINGS_TOKEN:
+            return {"locations": OFFERING_ZONES, "instanceTypes": ["t3.small"] * 2}, []
         raise AssertionError(f"unexpected invoke {args.token}")
 
 

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from bootstrap.provider import OUTPUTS, installed_version
+from infra.network import ZONE_FILTERS, choose_zone
 from infra.plan import Settings, make_plan, settings_from_wire
 from tests.bootstrap.test_provider import inputs as provider_test_inputs
 from tests.infra.conftest import (
@@ -20,6 +21,8 @@ from tests.infra.conftest import (
     AMI_TOKEN,
     BOOTSTRAP,
     MOCK_KUBECONFIG,
+    OFFERING_ZONES,
+    OFFERINGS_TOKEN,
     ZONES,
     ZONES_TOKEN,
     Deployment,
@@ -68,24 +71,32 @@ def test_vpc_has_the_planned_cidr_and_dns(deploy):
 
 
 @pulumi.runtime.test
-def test_public_subnet_in_the_first_zone_by_default(deploy):
+def test_public_subnet_in_the_first_zone_that_offers_the_instance_type(deploy):
     def check(lab: Deployment) -> None:
         subnet = lab.one(SUBNET)
         assert subnet["cidrBlock"] == "10.0.1.0/24"
         assert subnet["vpcId"] == "lab-vpc-id"
-        assert subnet["availabilityZone"] == ZONES[0]
+        assert subnet["availabilityZone"] == OFFERING_ZONES[0] == ZONES[1]
         assert subnet["mapPublicIpOnLaunch"] is True
         assert lab.one(IGW)["vpcId"] == "lab-vpc-id"
-        assert [call.args.get("state") for call in lab.mocks.calls
-                if call.token == ZONES_TOKEN] == ["available"]
+        zones = [call.args for call in lab.mocks.calls if call.token == ZONES_TOKEN]
+        assert zones == [{"state": "available", "filters": ZONE_FILTERS}]  # no Local zones
+        offers = [call.args for call in lab.mocks.calls if call.token == OFFERINGS_TOKEN]
+        assert offers == [{"locationType": "availability-zone",
+                           "filters": [{"name": "instance-type", "values": ["t3.small"]}]}]
     return deploy().check(check)
+
+
+def test_no_zone_offering_the_instance_type_names_the_settings():
+    with pytest.raises(pulumi.RunError, match=r"offers t3\.small: set k8s-cni-lab:instanceType"):
+        choose_zone(ZONES, ["us-east-1a"], "t3.small")
 
 
 @pulumi.runtime.test
 def test_availability_zone_setting_skips_the_lookup(deploy):
     def check(lab: Deployment) -> None:
         assert lab.one(SUBNET)["availabilityZone"] == "ap-southeast-1c"
-        assert all(call.token != ZONES_TOKEN for call in lab.mocks.calls)
+        assert not {call.token for call in lab.mocks.calls} & {ZONES_TOKEN, OFFERINGS_TOKEN}
     return deploy({"availabilityZone": "ap-southeast-1c"}).check(check)
 
 
