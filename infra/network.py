@@ -157,8 +157,10 @@ class Network(pulumi.ComponentResource):
 
 # Local and Wavelength zones need an opt-in and offer few instance types: only a region's
 # own Availability Zones qualify, without opt-in.
-ZONE_FILTERS = [{"name": "zone-type", "values": ["availability-zone"]},
-                {"name": "opt-in-status", "values": ["opt-in-not-required"]}]
+ZONE_FILTERS: list[aws.GetAvailabilityZonesFilterArgsDict] = [
+    {"name": "zone-type", "values": ["availability-zone"]},
+    {"name": "opt-in-status", "values": ["opt-in-not-required"]},
+]
 
 
 def default_availability_zone(instance_type: str) -> pulumi.Output[str]:
