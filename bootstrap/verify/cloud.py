@@ -5,8 +5,9 @@ driver, `KubectlProber`, which the verify phase (bootstrap/phases/verify.py) run
 
 The web pods run the project's own echo server (echo_server.py here, shipped as a ConfigMap)
 and every pod mounts it where `probe()` looks for the client, so only the interpreter's path
-differs from the local lab. The image is the official Docker Hub `python` image, pinned by
-tag: python3 for the echo server and client, busybox `ping` for the gateway check.
+differs from the local lab. The image is the official `python` image from its ECR Public
+mirror (no anonymous pull limit, unlike Docker Hub), pinned by tag: python3 for the echo
+server and client, busybox `ping` for the gateway check.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from bootstrap.verify.checks import (
 from infra.plan import Plan
 
 NAMESPACE = "k8s-cni-lab-checks"  # one `kubectl delete namespace` removes the test pods
-IMAGE = "python:3.12-alpine"  # official image: python3 at POD_PYTHON, busybox ping
+IMAGE = "public.ecr.aws/docker/library/python:3.12-alpine"  # official image: python3 at POD_PYTHON, busybox ping
 POD_PYTHON = "/usr/local/bin/python3"  # where the official python images install it
 ECHO_CONFIGMAP = "echo-server"
 # The internet's view of a pod's traffic: a plain-HTTP service that answers with the

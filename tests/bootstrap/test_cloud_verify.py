@@ -79,7 +79,7 @@ def test_the_manifests_hold_the_seed_pods_on_their_workers() -> None:
     for pod in pods.values():
         assert pod["metadata"]["namespace"] == NAMESPACE
         container, = pod["spec"]["containers"]
-        assert container["image"] == "python:3.12-alpine"
+        assert container["image"] == "public.ecr.aws/docker/library/python:3.12-alpine"
         assert container["volumeMounts"] == [{"name": "echo-server",
                                               "mountPath": "/opt/k8s-cni-lab", "readOnly": True}]
         assert pod["spec"]["volumes"] == [{"name": "echo-server",
