@@ -50,6 +50,18 @@ def test_every_action_is_pinned_to_a_commit_with_its_version(path):
         assert re.search(r"uses: [\w.-]+/[\w./-]+@[0-9a-f]{40} # v\d+\.\d+\.\d+$", line), line
 
 
+# The first major of each action that runs on Node 24 (GitHub removes Node 20 from runners).
+NODE24_MAJORS = {"actions/checkout": 5, "actions/setup-python": 6,
+                 "aws-actions/configure-aws-credentials": 5, "pulumi/actions": 7}
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_every_action_runs_on_node_24(path):
+    for action, major in re.findall(r"uses: ([\w.-]+/[\w.-]+)@[0-9a-f]{40} # v(\d+)\.",
+                                    path.read_text()):
+        assert int(major) >= NODE24_MAJORS[action], f"{action} v{major} runs on Node 20"
+
+
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
 def test_permissions_are_granted_per_job_only(path):
     workflow = load(path)
