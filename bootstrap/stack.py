@@ -12,7 +12,8 @@ import json
 import shutil
 import subprocess
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from bootstrap.errors import LabError
@@ -31,7 +32,18 @@ class Stack:
     name: str
     plan: Plan
     inventory: Inventory
-    has_cluster: bool = field(default=True)  # False when built with bootstrap=false
+    bootstrapped_by_pulumi: bool = True  # False when built with bootstrap=false
+
+    @property
+    def has_cluster(self) -> bool:
+        """Bootstrapped by `pulumi up`, or by hand with `make run STACK=...`."""
+        return self.bootstrapped_by_pulumi or by_hand_kubeconfig(self.name).exists()
+
+
+def by_hand_kubeconfig(stack: str) -> Path:
+    """Where `make run STACK=<stack>` keeps the kubeconfig of a stack built with
+    bootstrap=false: in the current directory, named like the stack's key file."""
+    return Path(f"k8s-cni-lab-{stack}.kubeconfig")
 
 
 def read_outputs(stack: str) -> dict[str, Any]:
@@ -72,7 +84,7 @@ def stack_from_outputs(name: str, outputs: Mapping[str, Any]) -> Stack:
         for node in plan.nodes if node.name in nodes), private_key=outputs["privateKey"])
     check_agrees_with_plan(plan, inventory,
                            {name: entry["privateIp"] for name, entry in nodes.items()})
-    return Stack(name, plan, inventory, has_cluster="kubeconfig" in outputs)
+    return Stack(name, plan, inventory, bootstrapped_by_pulumi="kubeconfig" in outputs)
 
 
 def read_stack(name: str) -> Stack:

@@ -20,7 +20,7 @@ from bootstrap.phases.context import CloudContext
 from bootstrap.phases.verify import check_cluster, cloud_table
 from bootstrap.remote import NodeCluster
 from bootstrap.ssh import ClusterSSH
-from bootstrap.stack import Stack, StackError
+from bootstrap.stack import Stack, StackError, by_hand_kubeconfig
 from bootstrap.verify.report import failure_lines, show_status
 from bootstrap.verify.status import read_status
 
@@ -80,12 +80,17 @@ def parse_kubernetes_nodes(output: str) -> dict[str, tuple[str, str]]:
 
 
 def run(stack: Stack, phases: Sequence[str], connect: Connect = open_ssh) -> int:
-    """The named phases of the cloud workflow. The kubeconfig phase writes into a temporary
-    directory that is removed: `pulumi stack output kubeconfig` is where it lives."""
+    """The named phases of the cloud workflow (all of them when `phases` is empty). A stack
+    bootstrapped by `pulumi up` keeps its kubeconfig as an output, so the kubeconfig phase
+    writes into a temporary directory that is removed; a stack built with bootstrap=false,
+    bootstrapped by hand, gets it in the current directory (`by_hand_kubeconfig`)."""
     ssh = connect(stack.inventory)
     try:
         with tempfile.TemporaryDirectory(prefix="k8s-cni-lab-") as scratch:
-            run_cloud_workflow(_context(stack, ssh, Path(scratch) / "kubeconfig"), only=phases)
+            kubeconfig = Path(scratch) / "kubeconfig"
+            if not stack.bootstrapped_by_pulumi:
+                kubeconfig = by_hand_kubeconfig(stack.name)
+            run_cloud_workflow(_context(stack, ssh, kubeconfig), only=phases)
     finally:
         ssh.close()
     return 0
@@ -119,5 +124,6 @@ def _context(stack: Stack, ssh: NodeCluster, kubeconfig: Path) -> CloudContext:
 def _require_cluster(stack: Stack) -> None:
     if not stack.has_cluster:
         raise StackError(f"stack {stack.name!r} was built with bootstrap=false and has no "
-                         "cluster yet: `pulumi config set bootstrap true`, then `pulumi up`")
+                         f"cluster yet: bootstrap it by hand with `make run STACK={stack.name} "
+                         "PHASES=all`, or `pulumi config set bootstrap true` and `pulumi up`")
 

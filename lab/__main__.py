@@ -56,7 +56,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                      help="what each node holds, against the plan")
     run = verbs.add_parser("run", parents=[on_stack],
                            help="run bootstrap phases, idempotently (make phases lists them)")
-    run.add_argument("phases", type=phase_list, help="comma-separated: node-network,cni")
+    run.add_argument("phases", type=phase_list,
+                     help="comma-separated: node-network,cni; or all")
     ssh = verbs.add_parser("ssh", help="an interactive shell on a node of a Pulumi stack")
     ssh.add_argument("node")
     ssh.add_argument("--stack", required=True, help="the Pulumi stack")
@@ -64,11 +65,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def phase_list(value: str) -> list[str]:
+    """Comma-separated phase names; `all` is every phase of the workflow (an empty list)."""
     names = [name.strip() for name in value.split(",") if name.strip()]
     if not names:
-        raise argparse.ArgumentTypeError("name at least one phase, e.g. node-network "
+        raise argparse.ArgumentTypeError("name at least one phase, e.g. node-network, or all "
                                          "(make phases lists them)")
-    return names
+    return [] if names == ["all"] else names
 
 
 def show_progress(console: Console) -> None:

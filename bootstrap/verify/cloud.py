@@ -36,7 +36,8 @@ from bootstrap.verify.checks import (
 from infra.plan import Plan
 
 NAMESPACE = "k8s-cni-lab-checks"  # one `kubectl delete namespace` removes the test pods
-IMAGE = "public.ecr.aws/docker/library/python:3.12-alpine"  # official image: python3 at POD_PYTHON, busybox ping
+# The official image (ECR Public mirror): python3 at POD_PYTHON, busybox ping.
+IMAGE = "public.ecr.aws/docker/library/python:3.12-alpine"
 POD_PYTHON = "/usr/local/bin/python3"  # where the official python images install it
 ECHO_CONFIGMAP = "echo-server"
 # The internet's view of a pod's traffic: a plain-HTTP service that answers with the

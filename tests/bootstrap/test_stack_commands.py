@@ -18,6 +18,7 @@ from rich.console import Console
 from bootstrap import stack_commands
 from bootstrap.cni.install import plugin_files
 from bootstrap.inventory import Inventory
+from bootstrap.phases.cloud import cloud_workflow
 from bootstrap.remote import NodeCluster
 from bootstrap.stack import Stack, StackError, read_stack, stack_from_outputs
 from bootstrap.verify.status import SECTION
@@ -205,6 +206,24 @@ def test_run_runs_only_the_named_phases_on_the_stack() -> None:
         assert node.commands[0] == "<connect>"
         assert not any("kubeadm" in command for command in node.commands)
         assert node.uploads, "node-network installs its files"
+
+
+def test_run_bootstraps_a_bare_stack_by_hand_and_keeps_its_kubeconfig_here(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """bootstrap=false: no kubeconfig output. `make run PHASES=all` (verify aside: the
+    simulated cluster runs no pods) writes it where the docs say, and check then accepts
+    the stack."""
+    monkeypatch.chdir(tmp_path)
+    bare = stack_from_outputs("dev", {k: v for k, v in recorded_outputs().items()
+                                      if k != "kubeconfig"})
+    assert not bare.has_cluster
+    cluster = simulated_cluster(PLAN)
+    every_phase_but_verify = [p.name for p in cloud_workflow() if p.name != "verify"]
+    assert stack_commands.run(bare, every_phase_but_verify, connect_to(cluster)) == 0
+    kubeconfig = tmp_path / "k8s-cni-lab-dev.kubeconfig"
+    assert kubeconfig.stat().st_mode & 0o777 == 0o600
+    assert "server: https://203.0.113.10:6443" in kubeconfig.read_text()
+    assert bare.has_cluster
 
 
 def test_ssh_pins_the_stacks_host_key_and_uses_its_login_key(tmp_path: Path) -> None:
