@@ -32,6 +32,7 @@ from bootstrap.verify.cloud import (
 from bootstrap.verify.diagnose import failure_causes
 from bootstrap.verify.facts import read_node_facts
 from bootstrap.verify.report import failure_lines, outcome_table, plain_text
+from infra.plan import Plan
 
 NAME = "verify"
 POD_READY_TIMEOUT = 180  # pulling the image on a fresh node takes most of it
@@ -60,7 +61,7 @@ def check_cluster(context: LocalContext) -> tuple[list[Outcome], dict[str, str]]
     """The checks from the test pods (applied if missing), and each failure's likely cause."""
     control_plane = context.ssh.node(context.plan.control_plane.name)
     echo_source = ECHO_SERVER.read_bytes()
-    pods = deploy_test_pods(control_plane, pod_hosts(context.plan), echo_source)
+    pods = deploy_test_pods(control_plane, context.plan, echo_source)
     checks = cloud_checks(context.plan, context.inventory, pods)
     prober = KubectlProber(context.ssh, control_plane.name, echo_source)
     outcomes = run_checks(prober, checks)
@@ -73,10 +74,11 @@ def cloud_table(outcomes: Sequence[Outcome], causes: Mapping[str, str]) -> Table
     return outcome_table(outcomes, causes, title=f"Connectivity checks (cloud; {LEFT_OUT})")
 
 
-def deploy_test_pods(control_plane: RemoteNode, workers: Sequence[str],
+def deploy_test_pods(control_plane: RemoteNode, plan: Plan,
                      echo_source: bytes) -> list[PodInfo]:
     """Apply (idempotent), wait for Ready (bounded), and read the pods' addresses."""
-    manifests = render_manifests(workers, echo_source.decode())
+    workers = pod_hosts(plan)
+    manifests = render_manifests(plan, echo_source.decode())
     control_plane.run(apply_command(), stdin=manifests.encode(), timeout=KUBECTL_TIMEOUT,
                       quiet=True)
     control_plane.run(wait_command(workers, POD_READY_TIMEOUT),

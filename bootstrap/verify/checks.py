@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +20,7 @@ from typing import Literal, Protocol
 
 from infra.plan import Plan
 
-EndpointKind = Literal["pod", "node", "internet"]
+EndpointKind = Literal["pod", "node", "internet", "service"]
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,9 @@ class Check:
     name: str
     source: Endpoint
     target: Endpoint
-    method: Literal["ping", "http"]
+    # dns: look up the target's name at the target's address (a DNS server); "seen" is then
+    # the address the name resolved to.
+    method: Literal["ping", "http", "dns"]
     port: int = 0
     expect_reach: bool = True
     expect_seen: str | None = None  # the client address the target's echo server must see
@@ -98,6 +101,11 @@ ECHO_CLIENT_ARGV = ("/usr/bin/python3", "-IS", ECHO_CLIENT)
 
 
 def probe(prober: Prober, check: Check) -> ProbeResult:
+    if check.method == "dns":
+        code, output = prober.run(check.source, ["nslookup", "-type=a", check.target.name,
+                                                 check.target.ip])
+        address = resolved_address(output)
+        return ProbeResult(code == 0 and address is not None, address, _last_line(output))
     if check.method == "ping":
         code, output = prober.run(check.source, ["ping", "-n", "-q", "-c", "1", "-W",
                                                  str(PING_TIMEOUT_S), check.target.ip])
@@ -121,6 +129,13 @@ def seen_address(answer: str) -> str:
     if last.startswith("{"):
         return str(json.loads(last)["client"])
     return str(ipaddress.ip_address(last))
+
+
+def resolved_address(nslookup_output: str) -> str | None:
+    """The first address busybox `nslookup` gives for the name (after its server's own)."""
+    answer = nslookup_output.partition("\nName:")[2]
+    found = re.search(r"^Address(?: \d+)?:\s*([0-9.]+)", answer, re.MULTILINE)
+    return found.group(1) if found else None
 
 
 def with_client(argv: Sequence[str], client: Sequence[str]) -> list[str]:

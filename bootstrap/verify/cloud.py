@@ -30,6 +30,7 @@ from bootstrap.verify.checks import (
     PodInfo,
     SeedPod,
     lab_checks,
+    pod_hosts,
     seed_pods,
     with_client,
 )
@@ -44,6 +45,15 @@ ECHO_CONFIGMAP = "echo-server"
 # caller's public address as text (https would need more than the stdlib-only client).
 INTERNET_ECHO = Endpoint("internet", "internet", "checkip.amazonaws.com")
 INTERNET_ECHO_PORT = 80
+# The echo Service, in front of the web pod on the second node. Its ClusterIP is chosen,
+# not allocated: an address in the service range's lower band, which the API server keeps
+# for static assignment, so the checks know it without asking.
+ECHO_SERVICE = "echo"
+ECHO_SERVICE_OFFSET = 100
+DNS_SERVICE_OFFSET = 10  # kubeadm gives CoreDNS's Service the range's 10th address
+API_SERVICE_OFFSET = 1  # and the API server's own Service (kubernetes.default) the first
+CLUSTER_DOMAIN = "svc.cluster.local"
+POD_LABEL = "k8s-cni-lab/pod"  # each test pod's own name, for the Service's selector
 # What the table says about the check the cloud cannot run.
 LEFT_OUT = "'internet to pod' is not run: there is no internet host of ours to send it"
 
@@ -55,15 +65,29 @@ PROBE_TIMEOUT = 30  # kubectl exec starts a process in the pod: allow for a slow
 
 # -- manifests ----------------------------------------------------------------------------
 
-def render_manifests(workers: Sequence[str], echo_source: str) -> str:
+def render_manifests(plan: Plan, echo_source: str) -> str:
     """One JSON `List` for `kubectl apply -f -`: the namespace, the echo server as a
-    ConfigMap, and the pods. Deterministic, so a re-apply changes nothing."""
+    ConfigMap, the pods and the echo Service. Deterministic, so a re-apply changes nothing."""
+    hosts = pod_hosts(plan)
     items = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}},
              {"apiVersion": "v1", "kind": "ConfigMap",
               "metadata": {"name": ECHO_CONFIGMAP, "namespace": NAMESPACE},
               "data": {posixpath.basename(ECHO_CLIENT): echo_source}},
-             *(_pod_manifest(pod) for pod in seed_pods(workers))]
+             *(_pod_manifest(pod) for pod in seed_pods(hosts)),
+             {"apiVersion": "v1", "kind": "Service",
+              "metadata": {"name": ECHO_SERVICE, "namespace": NAMESPACE},
+              "spec": {"type": "ClusterIP", "clusterIP": service_ip(plan, ECHO_SERVICE_OFFSET),
+                       "selector": {POD_LABEL: _far_web_pod(hosts)},
+                       "ports": [{"port": WEB_PORT, "targetPort": WEB_PORT}]}}]
     return json.dumps({"apiVersion": "v1", "kind": "List", "items": items}, indent=2) + "\n"
+
+
+def service_ip(plan: Plan, offset: int) -> str:
+    return str(plan.service_network[offset])
+
+
+def _far_web_pod(hosts: Sequence[str]) -> str:
+    return next(pod.name for pod in seed_pods(hosts) if pod.role == "web" and pod.node == hosts[1])
 
 
 def _pod_manifest(pod: SeedPod) -> dict[str, Any]:
@@ -85,7 +109,8 @@ def _pod_manifest(pod: SeedPod) -> dict[str, Any]:
     return {
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": pod.name, "namespace": NAMESPACE,
-                     "labels": {"app.kubernetes.io/part-of": "k8s-cni-lab-checks"}},
+                     "labels": {"app.kubernetes.io/part-of": "k8s-cni-lab-checks",
+                                POD_LABEL: pod.name}},
         "spec": {
             "nodeSelector": {"kubernetes.io/hostname": pod.node},
             "containers": [container],
@@ -143,10 +168,42 @@ def parse_pods(listing: str, workers: Sequence[str]) -> list[PodInfo]:
 # -- the checks ---------------------------------------------------------------------------
 
 def cloud_checks(plan: Plan, inventory: Inventory, pods: Sequence[PodInfo]) -> list[Check]:
-    """The local lab's checks without 'internet to pod'; the internet is checkip."""
+    """The local lab's checks without 'internet to pod' (the internet is checkip), then what
+    a cluster's user touches: the echo Service through kube-proxy, and CoreDNS."""
     public_ips = {node.name: node.host for node in inventory.nodes}
-    return lab_checks(plan, public_ips, pods, INTERNET_ECHO, INTERNET_ECHO_PORT,
-                      internet_to_pod=False)
+    checks = lab_checks(plan, public_ips, pods, INTERNET_ECHO, INTERNET_ECHO_PORT,
+                        internet_to_pod=False)
+    return [*checks, *service_checks(plan, pods)]
+
+
+def service_checks(plan: Plan, pods: Sequence[PodInfo]) -> list[Check]:
+    hosts = pod_hosts(plan)
+    by_name = {pod.name: pod for pod in pods}
+    tools = next(p for p in pods if p.role == "tools" and p.node == hosts[0])
+    behind = by_name[_far_web_pod(hosts)]
+    sender = Endpoint("pod", tools.name, tools.ip, tools.node)
+    echo_ip = service_ip(plan, ECHO_SERVICE_OFFSET)
+    service = Endpoint("service", f"Service {ECHO_SERVICE}", echo_ip, behind.node)
+    dns = service_ip(plan, DNS_SERVICE_OFFSET)
+
+    def lookup(name: str) -> Endpoint:
+        return Endpoint("service", name, dns)
+
+    return [
+        Check("pod to Service, across nodes", sender, service, "http", WEB_PORT,
+              expect_seen=tools.ip, seen_means="sender's pod address (kube-proxy only DNATs)"),
+        # Hairpin: the pod reaches itself through the Service, back out of its own bridge
+        # port. kube-proxy masquerades this traffic, so any answer will do.
+        Check("pod to Service, hairpin", Endpoint("pod", behind.name, behind.ip, behind.node),
+              service, "http", WEB_PORT),
+        Check("DNS: the API server's Service", sender,
+              lookup(f"kubernetes.default.{CLUSTER_DOMAIN}"), "dns", 53,
+              expect_seen=service_ip(plan, API_SERVICE_OFFSET),
+              seen_means="kubernetes.default's ClusterIP, from CoreDNS"),
+        Check("DNS: the echo Service", sender,
+              lookup(f"{ECHO_SERVICE}.{NAMESPACE}.{CLUSTER_DOMAIN}"), "dns", 53,
+              expect_seen=echo_ip, seen_means="the echo Service's ClusterIP"),
+    ]
 
 
 class KubectlProber:

@@ -96,6 +96,10 @@ def likely_cause(outcome: Outcome, facts: Mapping[str, NodeFacts],
     source_facts = facts.get(check.source.node or "")
     if check.target.kind == "internet" and source_facts and not source_facts.masquerades_outbound:
         return f"no NAT on {check.source.node}: the internet gateway drops pod addresses"
+    if check.target.kind == "service":
+        return f"{outcome.result.detail or 'no answer'}; the nodes' rules look right: check " \
+               "kube-proxy (`iptables-save -t nat | grep KUBE-SVC` on a node) and CoreDNS " \
+               "(`kubectl -n kube-system get pods`)"
     return f"{outcome.result.detail or 'no answer'} (no known cause matched)"
 
 

@@ -44,13 +44,29 @@ def pod_listing(pods: dict[str, tuple[str, str]] = PODS) -> str:
         for name, (node, ip) in pods.items()]})
 
 
-# The six probes of a healthy cluster: each reply is what the echo server (or checkip) says.
+# The probes of a healthy cluster: each reply is what the echo server (or checkip) says.
 GATEWAY_PING = in_pod("bash-worker-1", "ping -n -q -c 1 -W 1 10.244.1.1")
 SAME_NODE = pod_fetch("bash-worker-1", "10.244.1.2")
 ACROSS = pod_fetch("bash-worker-1", "10.244.2.2")
 ACROSS_BACK = pod_fetch("bash-worker-2", "10.244.1.2")
 NODE_TO_POD = node_fetch("10.244.2.2")
 TO_INTERNET = pod_fetch("bash-worker-1", "checkip.amazonaws.com", 80)
+# What a cluster's user touches: the echo Service (static ClusterIP 10.96.0.100) across
+# nodes and from the pod behind it, and CoreDNS (10.96.0.10) through busybox nslookup.
+TO_SERVICE = pod_fetch("bash-worker-1", "10.96.0.100")
+HAIRPIN = pod_fetch("nginx-worker-2", "10.96.0.100")
+DNS_API = in_pod("bash-worker-1",
+                 "nslookup -type=a kubernetes.default.svc.cluster.local 10.96.0.10")
+DNS_ECHO = in_pod("bash-worker-1",
+                  "nslookup -type=a echo.k8s-cni-lab-checks.svc.cluster.local 10.96.0.10")
+PROBES = (GATEWAY_PING, SAME_NODE, ACROSS, ACROSS_BACK, NODE_TO_POD, TO_INTERNET,
+          TO_SERVICE, HAIRPIN, DNS_API, DNS_ECHO)
+
+
+def nslookup(name: str, address: str) -> str:
+    """busybox nslookup's answer, as the alpine image prints it."""
+    return (f"Server:\t\t10.96.0.10\nAddress:\t10.96.0.10:53\n\n"
+            f"Name:\t{name}\nAddress: {address}\n\n")
 
 
 def healthy_verify_replies() -> list[Reply]:
@@ -61,7 +77,12 @@ def healthy_verify_replies() -> list[Reply]:
             Reply(ACROSS, 0, echo("10.244.1.3")),
             Reply(ACROSS_BACK, 0, echo("10.244.2.3")),
             Reply(NODE_TO_POD, 0, echo("10.0.1.10")),
-            Reply(TO_INTERNET, 0, f"{WORKER_1_PUBLIC}\n")]
+            Reply(TO_INTERNET, 0, f"{WORKER_1_PUBLIC}\n"),
+            Reply(TO_SERVICE, 0, echo("10.244.1.3")),
+            Reply(HAIRPIN, 0, echo("10.244.2.1")),  # kube-proxy masquerades hairpin traffic
+            Reply(DNS_API, 0, nslookup("kubernetes.default.svc.cluster.local", "10.96.0.1")),
+            Reply(DNS_ECHO, 0, nslookup("echo.k8s-cni-lab-checks.svc.cluster.local",
+                                        "10.96.0.100"))]
 
 
 def node_facts_reply(pod_cidr: str, nat_rule: str | None = "! -d 10.244.0.0/16") -> Reply:

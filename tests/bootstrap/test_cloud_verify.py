@@ -21,7 +21,7 @@ from bootstrap.phases.context import CloudContext
 from bootstrap.phases.verify import run_verify
 from bootstrap.phases.workflow import Runner
 from bootstrap.provider import BootstrapFailed, BootstrapProvider
-from bootstrap.verify.checks import ECHO_SERVER, Outcome, PodInfo
+from bootstrap.verify.checks import ECHO_SERVER, Outcome, PodInfo, resolved_address
 from bootstrap.verify.cloud import cloud_checks, parse_pods, render_manifests
 from infra.plan import Settings, make_plan
 from tests.bootstrap import cloud_replies as replies
@@ -62,15 +62,16 @@ def healthy(**extra: list[Reply]) -> FakeCluster:
 
 
 def manifests() -> dict[str, Any]:
-    return json.loads(render_manifests(WORKERS, ECHO_BYTES.decode()))
+    return json.loads(render_manifests(PLAN, ECHO_BYTES.decode()))
 
 
 # -- pure: manifests, pod listing, check list ---------------------------------------------
 
 def test_the_manifests_hold_the_seed_pods_on_their_workers() -> None:
     items = manifests()["items"]
-    assert [item["kind"] for item in items] == ["Namespace", "ConfigMap"] + ["Pod"] * 4
-    pods = {item["metadata"]["name"]: item for item in items[2:]}
+    assert [item["kind"] for item in items] == ["Namespace", "ConfigMap"] + ["Pod"] * 4 + [
+        "Service"]
+    pods = {item["metadata"]["name"]: item for item in items[2:6]}
     assert {name: pod["spec"]["nodeSelector"] for name, pod in pods.items()} == {
         "nginx-worker-1": {"kubernetes.io/hostname": "worker-1"},
         "bash-worker-1": {"kubernetes.io/hostname": "worker-1"},
@@ -93,20 +94,33 @@ def test_the_manifests_hold_the_seed_pods_on_their_workers() -> None:
         "capabilities": {"add": ["NET_RAW"]}}  # busybox ping
 
 
+def test_the_echo_service_fronts_the_far_web_pod_at_a_static_cluster_ip() -> None:
+    service = manifests()["items"][-1]
+    assert service["metadata"] == {"name": "echo", "namespace": NAMESPACE}
+    assert service["spec"] == {"type": "ClusterIP", "clusterIP": "10.96.0.100",
+                               "selector": {"k8s-cni-lab/pod": "nginx-worker-2"},
+                               "ports": [{"port": 8080, "targetPort": 8080}]}
+    far_web = next(item for item in manifests()["items"]
+                   if item["metadata"]["name"] == "nginx-worker-2")
+    assert far_web["metadata"]["labels"]["k8s-cni-lab/pod"] == "nginx-worker-2"
+
+
 def test_the_configmap_holds_the_echo_server_byte_for_byte_and_rendering_is_stable() -> None:
     config_map = manifests()["items"][1]
     assert config_map["metadata"] == {"name": "echo-server", "namespace": NAMESPACE}
     assert config_map["data"]["echo_server.py"].encode() == ECHO_BYTES
-    assert render_manifests(WORKERS, ECHO_BYTES.decode()) == render_manifests(
-        WORKERS, ECHO_BYTES.decode())  # a re-apply sends the same objects
+    assert render_manifests(PLAN, ECHO_BYTES.decode()) == render_manifests(
+        PLAN, ECHO_BYTES.decode())  # a re-apply sends the same objects
 
 
 def test_the_cloud_runs_the_local_checks_but_internet_to_pod() -> None:
     checks = cloud_checks(PLAN, inventory(), POD_INFOS)
     assert [check.name for check in checks] == [
         "pod to its gateway", "pod to pod, same node", "pod to pod, across nodes",
-        "pod to pod, across nodes (back)", "node to pod", "pod to internet"]
-    internet = checks[-1]
+        "pod to pod, across nodes (back)", "node to pod", "pod to internet",
+        "pod to Service, across nodes", "pod to Service, hairpin",
+        "DNS: the API server's Service", "DNS: the echo Service"]
+    internet = checks[5]
     assert (internet.target.ip, internet.port) == ("checkip.amazonaws.com", 80)
     assert internet.expect_seen == replies.WORKER_1_PUBLIC  # the node's public address
     assert checks[0].target.ip == "10.244.1.1"  # worker-1's cni0, from the plan
@@ -144,20 +158,20 @@ def test_a_healthy_cluster_passes_applied_waited_and_probed_with_the_right_argv(
         f"{KUBECTL} -n {NAMESPACE} wait --for=condition=Ready pod/nginx-worker-1 "
         "pod/bash-worker-1 pod/nginx-worker-2 pod/bash-worker-2 --timeout=180s",
         f"{KUBECTL} -n {NAMESPACE} get pods -o json"]
-    assert master.stdins[0] == render_manifests(WORKERS, ECHO_BYTES.decode()).encode()
-    probes = {replies.GATEWAY_PING, replies.SAME_NODE, replies.ACROSS, replies.ACROSS_BACK,
-              replies.NODE_TO_POD, replies.TO_INTERNET}
-    assert sorted(master.commands[3:]) == sorted(probes)  # concurrent: any order
+    assert master.stdins[0] == render_manifests(PLAN, ECHO_BYTES.decode()).encode()
+    assert sorted(master.commands[3:]) == sorted(replies.PROBES)  # concurrent: any order
     node_probe = master.commands.index(replies.NODE_TO_POD)
     assert master.stdins[node_probe] == ECHO_BYTES  # the node's client comes on stdin
     assert nodes.node("worker-1").commands == nodes.node("worker-2").commands == []  # no facts
     assert [(o.check.name, o.passed) for o in sink.outcomes] == [
         (name, True) for name in ("pod to its gateway", "pod to pod, same node",
                                   "pod to pod, across nodes", "pod to pod, across nodes (back)",
-                                  "node to pod", "pod to internet")]
+                                  "node to pod", "pod to internet",
+                                  "pod to Service, across nodes", "pod to Service, hairpin",
+                                  "DNS: the API server's Service", "DNS: the echo Service")]
     table = next(r.getMessage() for r in caplog.records if "checks done" in r.getMessage())
     assert "'internet to pod' is not run" in table
-    assert table.count(" pass ") == 6 and "FAIL" not in table
+    assert table.count(" pass ") == 10 and "FAIL" not in table
 
 
 def test_nat_inside_the_cluster_fails_both_cross_node_checks_with_the_cause(
@@ -170,7 +184,7 @@ def test_nat_inside_the_cluster_fails_both_cross_node_checks_with_the_cause(
     with pytest.raises(LabError) as failed:
         run_verify(verify_context(nodes, tmp_path, Recorded()))
     message = str(failed.value)
-    assert message.startswith("2 of 6 connectivity check(s) failed:")
+    assert message.startswith("2 of 10 connectivity check(s) failed:")
     assert "- pod to pod, across nodes: expected sees 10.244.1.3, got sees 10.0.1.11. " \
            "Likely cause: NAT inside the cluster: worker-1 masquerades" in message
     assert "- pod to pod, across nodes (back): expected sees 10.244.2.3, got sees " \
@@ -191,7 +205,7 @@ def test_no_answer_fails_each_check_named_with_a_cause_it_can_see(tmp_path: Path
     with pytest.raises(LabError) as failed:
         run_verify(verify_context(nodes, tmp_path, sink))
     message = str(failed.value)
-    assert message.startswith("2 of 6 connectivity check(s) failed:")
+    assert message.startswith("2 of 10 connectivity check(s) failed:")
     assert "- pod to internet: expected sees 203.0.113.11, got no answer. Likely cause: " \
            "no NAT on worker-1" in message
     assert "- pod to pod, across nodes: expected sees 10.244.1.3, got no answer. Likely " \
@@ -199,6 +213,36 @@ def test_no_answer_fails_each_check_named_with_a_cause_it_can_see(tmp_path: Path
            "for worker-2's pod CIDR" in message
     assert [o.check.name for o in sink.outcomes if not o.passed] == [
         "pod to pod, across nodes", "pod to internet"]  # the provider sees them too
+
+
+def test_service_and_dns_failures_point_at_kube_proxy_and_coredns(tmp_path: Path) -> None:
+    """Pod networking passes; the Service does not answer and CoreDNS knows no such name."""
+    nodes = healthy(master=[
+        Reply(replies.HAIRPIN, 1, "unreachable: timed out\n"),
+        Reply(replies.DNS_ECHO, 1, "Server:\t\t10.96.0.10\nAddress:\t10.96.0.10:53\n\n"
+                                   "** server can't find echo.k8s-cni-lab-checks.svc."
+                                   "cluster.local: NXDOMAIN\n")],
+        worker_1=[node_facts_reply("10.244.1.0/24")], worker_2=[node_facts_reply("10.244.2.0/24")])
+    with pytest.raises(LabError) as failed:
+        run_verify(verify_context(nodes, tmp_path, Recorded()))
+    message = str(failed.value)
+    assert message.startswith("2 of 10 connectivity check(s) failed:")
+    assert "- pod to Service, hairpin: expected answers, got no answer. Likely cause: " \
+           "unreachable: timed out; the nodes' rules look right: check kube-proxy" in message
+    assert "- DNS: the echo Service: expected sees 10.96.0.100, got no answer. Likely cause: " \
+           "** server can't find echo.k8s-cni-lab-checks.svc.cluster.local: NXDOMAIN; " \
+           "the nodes' rules look right: check kube-proxy" in message
+
+
+@pytest.mark.parametrize("answer", [
+    "Server:\t\t10.96.0.10\nAddress:\t10.96.0.10:53\n\nName:\tx.cluster.local\n"
+    "Address: 10.96.0.1\n",
+    "Server:    10.96.0.10\nAddress 1: 10.96.0.10 kube-dns.kube-system.svc.cluster.local\n\n"
+    "Name:      x.cluster.local\nAddress 1: 10.96.0.1 kubernetes.default.svc.cluster.local\n",
+])
+def test_the_name_resolves_to_the_answer_not_the_servers_address(answer: str) -> None:
+    assert resolved_address(answer) == "10.96.0.1"
+    assert resolved_address(answer.partition("Name:")[0]) is None  # NXDOMAIN: no Name line
 
 
 def test_pods_that_never_get_ready_fail_before_any_probe(tmp_path: Path) -> None:
@@ -249,7 +293,7 @@ def test_pulumi_up_fails_loudly_with_the_table_on_stderr(
     nodes.node("master").replies.insert(0, Reply(replies.TO_INTERNET, 1, "unreachable\n"))
     with pytest.raises(BootstrapFailed) as failed:
         BootstrapProvider(connect=Connections(nodes)).create(provider_inputs())
-    assert str(failed.value).startswith("cluster bootstrap failed: phase verify: 1 of 6 "
+    assert str(failed.value).startswith("cluster bootstrap failed: phase verify: 1 of 10 "
                                         "connectivity check(s) failed:\n- pod to internet: ")
     stderr = capfd.readouterr().err
     assert "[bootstrap] [verify] master: checks done" in stderr
