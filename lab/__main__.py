@@ -9,6 +9,8 @@
     run    run bootstrap phases (comma-separated) on a kept lab, idempotently
     ssh    an interactive shell on a node of a Pulumi stack (check, status and run also
            take --stack NAME)
+    exercises  list the exercises; exercise [NAME] breaks the lab for you to fix;
+           hint, solution help with the open one (each also takes --stack NAME)
 """
 
 from __future__ import annotations
@@ -57,6 +59,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     run = verbs.add_parser("run", parents=[on_stack],
                            help="run bootstrap phases, idempotently (make phases lists them)")
     run.add_argument("phases", type=phase_list, help="comma-separated: node-network,cni")
+    verbs.add_parser("exercises", parents=[on_stack], help="list the exercises")
+    exercise = verbs.add_parser("exercise", parents=[on_stack],
+                                help="inject one fault for you to find and fix")
+    exercise.add_argument("exercise", nargs="?", default="",
+                          help="its name (make exercises lists them); empty: a random one")
+    exercise.add_argument("--node", help="the node to break (default: the first worker)")
+    verbs.add_parser("hint", parents=[on_stack], help="the next hint for the open exercise")
+    verbs.add_parser("solution", parents=[on_stack],
+                     help="the commands that fix the open exercise, and why")
     ssh = verbs.add_parser("ssh", help="an interactive shell on a node of a Pulumi stack")
     ssh.add_argument("node")
     ssh.add_argument("--stack", required=True, help="the Pulumi stack")
@@ -93,6 +104,10 @@ def main(argv: list[str]) -> int:
         return 2
     if getattr(args, "stack", None):
         return on_stack(args, console)
+    if args.verb == "exercises":
+        from lab import exercise
+
+        return exercise.listing(args.name, console)
     if os.geteuid() != 0:
         console.print("[red]The lab needs root[/] (namespaces, iptables): run it with sudo.")
         return 2
@@ -106,9 +121,11 @@ def main(argv: list[str]) -> int:
     if args.verb == "up":
         options = LabOptions(name=args.name, node_count=args.nodes, user=args.user)
         return cli.up(options, keep=args.keep, steps=args.steps, console=console)
+    from bootstrap.exercises import ExerciseError
+
     try:
         return _on_kept_lab(args, console)
-    except LabError as error:  # no kept lab, an unknown phase, a node that fails
+    except (LabError, ExerciseError) as error:  # no kept lab, an unknown phase, a node that fails
         console.print(f"[red]{args.verb} failed:[/] {error}", soft_wrap=True)
         return 1
 
@@ -138,7 +155,14 @@ def on_stack(args: argparse.Namespace, console: Console) -> int:
 
 
 def _on_kept_lab(args: argparse.Namespace, console: Console) -> int:
-    from lab import cli
+    from lab import cli, exercise
+
+    if args.verb == "exercise":
+        return exercise.start(args.name, args.exercise or None, args.node, console)
+    if args.verb == "hint":
+        return exercise.hint(args.name, console)
+    if args.verb == "solution":
+        return exercise.solution(args.name, console)
 
     if args.verb == "down":
         return cli.down(args.name, console)

@@ -44,11 +44,12 @@ def pod_listing(pods: dict[str, tuple[str, str]] = PODS) -> str:
         for name, (node, ip) in pods.items()]})
 
 
-# The six probes of a healthy cluster: each reply is what the echo server (or checkip) says.
+# The seven probes of a healthy cluster: each reply is what the echo server (or checkip) says.
 GATEWAY_PING = in_pod("bash-worker-1", "ping -n -q -c 1 -W 1 10.244.1.1")
 SAME_NODE = pod_fetch("bash-worker-1", "10.244.1.2")
 ACROSS = pod_fetch("bash-worker-1", "10.244.2.2")
 ACROSS_BACK = pod_fetch("bash-worker-2", "10.244.1.2")
+LARGE_ACROSS = f"{ACROSS} --path /large"  # ACROSS's reply answers it too (a substring)
 NODE_TO_POD = node_fetch("10.244.2.2")
 TO_INTERNET = pod_fetch("bash-worker-1", "checkip.amazonaws.com", 80)
 

@@ -118,5 +118,6 @@ def test_facts_are_read_only_when_a_check_failed():
     failing = run_checks(ScriptedProber(nat_inside=True),
                          lab_checks(PLAN, PUBLIC, PODS, INTERNET, 80))
     causes = failure_causes(failing, read_facts, {})
-    assert list(causes) == ["pod to pod, across nodes", "pod to pod, across nodes (back)"]
+    assert list(causes) == ["pod to pod, across nodes", "pod to pod, across nodes (back)",
+                            "large answer, across nodes"]
     assert reads == [1]
