@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from bootstrap.node_network import (
@@ -196,25 +195,6 @@ class OpenExercise:
     hints_shown: int = 0
 
 
-RECORD_FILE = "exercise.json"
-
-
-def load_record(directory: Path) -> OpenExercise | None:
-    try:
-        return OpenExercise(**json.loads((directory / RECORD_FILE).read_text()))
-    except FileNotFoundError:
-        return None
-
-
-def save_record(directory: Path, record: OpenExercise) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / RECORD_FILE).write_text(json.dumps(asdict(record)) + "\n")
-
-
-def close_record(directory: Path) -> None:
-    (directory / RECORD_FILE).unlink(missing_ok=True)
-
-
 class ExerciseError(ValueError):
     """A one-line refusal that names the fix."""
 
@@ -293,7 +273,8 @@ NODE_EXERCISES: tuple[Exercise, ...] = (
         cause="forwarding off on {node} (net.ipv4.ip_forward=0)",
         hints=("Pods on one node share a bridge; anything else, the node must route. What "
                "does a Linux host need before it routes packets between its interfaces?",
-               "Read the kernel's settings on {node}: `sysctl net.ipv4.ip_forward`.",
+               "On {node}, read the kernel's IPv4 settings: `sysctl -a 2>/dev/null | grep "
+               "'^net.ipv4.conf.all'` and the other `net.ipv4.*` switches.",
                "The cause: forwarding off on {node} (net.ipv4.ip_forward=0)."),
         why="Linux routes between interfaces only with net.ipv4.ip_forward=1: without it the "
             "node drops every packet that is not its own, so pod traffic stops at the node.",

@@ -102,12 +102,12 @@ def main(argv: list[str]) -> int:
         console.print("[red]ssh needs a stack:[/] make ssh NODE=worker-1 STACK=dev (on a kept "
                       "lab: python -m lab enter worker-1)", soft_wrap=True)
         return 2
-    if getattr(args, "stack", None):
-        return on_stack(args, console)
-    if args.verb == "exercises":
+    if args.verb == "exercises":  # the catalog: no lab or stack needed
         from lab import exercise
 
-        return exercise.listing(args.name, console)
+        return exercise.listing(args.name, console, on_stack=bool(args.stack))
+    if getattr(args, "stack", None):
+        return on_stack(args, console)
     if os.geteuid() != 0:
         console.print("[red]The lab needs root[/] (namespaces, iptables): run it with sudo.")
         return 2
@@ -134,6 +134,7 @@ def on_stack(args: argparse.Namespace, console: Console) -> int:
     """check, status, run and ssh on a Pulumi stack: no root needed, nothing local changes."""
     from bootstrap import stack_commands
     from bootstrap.errors import LabError
+    from bootstrap.exercises import ExerciseError
     from bootstrap.stack import read_stack
 
     show_progress(console)
@@ -147,7 +148,14 @@ def on_stack(args: argparse.Namespace, console: Console) -> int:
             return stack_commands.run(stack, args.phases)
         if args.verb == "ssh":
             return stack_commands.ssh(stack, args.node)
-    except LabError as error:
+        if args.verb == "exercise":
+            return stack_commands.start_exercise(stack, args.exercise or None, args.node,
+                                                 console)
+        if args.verb == "hint":
+            return stack_commands.hint(stack, console)
+        if args.verb == "solution":
+            return stack_commands.solution(stack, console)
+    except (LabError, ExerciseError) as error:
         console.print(f"[red]{args.verb} failed:[/] {error}", soft_wrap=True)
         return 1
     console.print(f"[red]{args.verb} works on a kept lab only[/], not on a stack")

@@ -18,7 +18,8 @@ from ipaddress import IPv4Network
 from rich.console import Console
 from rich.table import Table
 
-from bootstrap import exercises
+from bootstrap import exercise_session, exercises
+from bootstrap.exercise_session import show_verdict
 from bootstrap.exercises import (
     Exercise,
     ExerciseError,
@@ -92,7 +93,7 @@ def lab_exercises(layout: Layout) -> tuple[Exercise, ...]:
                    f"Look at the VPC's route table: `ip -n {layout.router_ns} route` on this "
                    "machine (the AWS console's route table).",
                    "The cause: no route: the VPC route table does not send {node}'s pod CIDR "
-                   "{pod_cidr} to it."),
+                   "to it ({pod_cidr} has no route at all)."),
             why="The VPC delivers a packet for {pod_cidr} only where its route table says; "
                 "without the route it goes to the internet gateway, which drops it. In AWS "
                 "the Pulumi program creates this route.",
@@ -109,7 +110,7 @@ def lab_exercises(layout: Layout) -> tuple[Exercise, ...]:
                    f"On this machine: `ip -n {layout.router_ns} route`, beside each node's "
                    "private address (`make status`).",
                    "The cause: no route: the VPC route table does not send {node}'s pod CIDR "
-                   "{pod_cidr} to it, but to another node."),
+                   "to it, but to another node."),
             why="The route for {pod_cidr} must point at {node} ({private_ip}); another node "
                 "has no such pods and sends the packets back, until they expire.",
             inject=lambda t: route_command(layout, t.node, other_node(plan, t.node)),
@@ -159,21 +160,35 @@ def catalog(layout: Layout) -> tuple[Exercise, ...]:
 # -- the verbs --------------------------------------------------------------------------------
 
 def open_exercise(lab: str) -> OpenExercise | None:
-    return exercises.load_record(nodes.lab_dir(lab))
+    return exercise_session.load_record(nodes.lab_dir(lab))
 
 
 def target_for(lab: LocalLab, node: str) -> Target:
     return Target(lab.plan, lab.plan.node(node), tuple(lab.pods))
 
 
-def listing(name: str, console: Console) -> int:
-    layout = make_layout(make_plan(Settings()), name)
+LEFT_OUT_ON_STACKS = {
+    "vpc": "they change the VPC's route table, which would take AWS API calls that Pulumi "
+           "would fight",
+    "pod": "they reach pods through the lab's runtime stand-in, which a cluster has not",
+}
+
+
+def listing(name: str, console: Console, *, on_stack: bool = False) -> int:
+    """The catalog: name, difficulty, symptom (never the cause). On a stack, only the
+    node-level ones, and which are left out and why."""
+    everything = catalog(make_layout(make_plan(Settings()), name))
+    shown = [e for e in everything if e.where == "node"] if on_stack else everything
     table = Table(title="Exercises (make exercise EXERCISE=<name>)", title_justify="left")
     for column in ("name", "difficulty", "symptom"):
         table.add_column(column)
-    for exercise in catalog(layout):
+    for exercise in shown:
         table.add_row(*exercises.listing_line(exercise))
     console.print(table)
+    prefix = "Left out on a stack" if on_stack else "On the local lab only, not on a stack"
+    for where, why in LEFT_OUT_ON_STACKS.items():
+        names = ", ".join(e.name for e in everything if e.where == where)
+        console.print(f"{prefix}: {names} ({why}).", soft_wrap=True, highlight=False)
     return 0
 
 
@@ -193,7 +208,7 @@ def start(name: str, wanted: str | None, node_name: str | None, console: Console
                                 "a fault you did not inject would mislead; fix it or start "
                                 "again after `make down`")
         inject(lab, exercise, target_for(lab, node))
-        exercises.save_record(nodes.lab_dir(name), OpenExercise(exercise.name, node))
+        exercise_session.save_record(nodes.lab_dir(name), OpenExercise(exercise.name, node))
         outcomes, _ = lab.run_checks()
     console.print(outcome_table(outcomes, {}, title=f"Exercise {exercise.name} "
                                                    f"({exercise.difficulty})"))
@@ -274,18 +289,8 @@ def verdict(lab: LocalLab, record: OpenExercise, outcomes: Sequence[Outcome],
             console: Console) -> bool:
     """Print whether the open exercise is solved; close it when it is."""
     exercise = exercises.find(catalog(lab.layout), record.name)
-    node = lab.ssh.node(record.node)
-    files = [node.read_file(path) for path in (NODE_FILES.state, NODE_FILES.conflist)]
-    state, conflist = (None if found is None else found[0].decode() for found in files)
-    problems = exercises.persistence_problems(lab.plan, lab.plan.node(record.node), state,
-                                              conflist)
-    result = exercises.judge(exercise, [o.check.name for o in outcomes if not o.passed],
-                             problems)
-    for line in result.lines:
-        console.print(f"[{'green' if result.solved else 'yellow'}]{line}[/]", soft_wrap=True)
-    if result.solved:
-        exercises.close_record(nodes.lab_dir(lab.layout.lab))
-    return result.solved
+    return show_verdict(exercise, lab.plan, lab.ssh.node(record.node), outcomes,
+                        nodes.lab_dir(lab.layout.lab), console)
 
 
 def hint(name: str, console: Console) -> int:
@@ -293,10 +298,7 @@ def hint(name: str, console: Console) -> int:
     layout = make_layout(make_plan(Settings()), name)
     exercise = exercises.find(catalog(layout), record.name)
     target = Target(layout.plan, layout.plan.node(record.node), _saved_pods(name))
-    console.print(exercises.hint(exercise, target, record.hints_shown), soft_wrap=True)
-    if record.hints_shown < exercises.HINT_COUNT:
-        exercises.save_record(nodes.lab_dir(name), replace(record,
-                                                           hints_shown=record.hints_shown + 1))
+    exercise_session.show_hint(exercise, target, record, nodes.lab_dir(name), console)
     return 0
 
 
@@ -305,11 +307,8 @@ def solution(name: str, console: Console) -> int:
     layout = make_layout(make_plan(Settings()), name)
     exercise = exercises.find(catalog(layout), record.name)
     target = Target(layout.plan, layout.plan.node(record.node), _saved_pods(name))
-    console.print(exercises.solution(exercise, target), soft_wrap=True, markup=False,
-                  highlight=False)
-    if exercise.where != "vpc":
-        console.print(f"(enter it with: python -m lab --name {name} enter {record.node})",
-                      soft_wrap=True, markup=False)
+    exercise_session.show_solution(exercise, target, console,
+                                   f"python -m lab --name {name} enter {record.node}")
     return 0
 
 
