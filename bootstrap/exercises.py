@@ -266,7 +266,7 @@ PERSISTED_WHY = (f"The fault is in {NODE_FILES.state}, the node network that the
 
 NODE_EXERCISES: tuple[Exercise, ...] = (
     Exercise(
-        name="forwarding-off", difficulty="easy",
+        name="stuck-on-node", difficulty="easy",
         symptom="pods on one node talk to each other, but nothing they send gets off the node",
         fails=("pod to pod, across nodes", "pod to pod, across nodes (back)",
                "large answer, across nodes", "pod to internet"),
@@ -282,7 +282,7 @@ NODE_EXERCISES: tuple[Exercise, ...] = (
         fix=lambda _: "sysctl -w net.ipv4.ip_forward=1",
         boot_restores=f"{BOOT_UNIT_REAPPLIES} (net.ipv4.ip_forward=1)"),
     Exercise(
-        name="forward-drop", difficulty="easy",
+        name="quiet-neighbours", difficulty="easy",
         symptom="pods cannot even reach the pod next to them on the same node",
         fails=("pod to pod, same node", "pod to pod, across nodes",
                "pod to pod, across nodes (back)", "large answer, across nodes",
@@ -298,7 +298,7 @@ NODE_EXERCISES: tuple[Exercise, ...] = (
             "network {cluster} were lost. " + PERSISTED_WHY,
         inject=state_with(_forward_rules_removed), fix=restore_state),
     Exercise(
-        name="nat-missing", difficulty="easy",
+        name="no-way-out", difficulty="easy",
         symptom="pods talk to each other across nodes, but never reach the internet",
         fails=("pod to internet",),
         cause="no NAT on {node}: the internet gateway drops pod addresses",
@@ -312,7 +312,7 @@ NODE_EXERCISES: tuple[Exercise, ...] = (
         inject=state_with(_without_rule("masquerade pod traffic leaving the cluster")),
         fix=restore_state),
     Exercise(
-        name="nat-inside-cluster", difficulty="medium",
+        name="wrong-sender", difficulty="medium",
         symptom="pods on other nodes answer, but they see the wrong client address",
         fails=("pod to pod, across nodes", "large answer, across nodes"),
         cause="NAT inside the cluster: {node} masquerades pod-to-pod traffic",
@@ -328,7 +328,7 @@ NODE_EXERCISES: tuple[Exercise, ...] = (
             + PERSISTED_WHY,
         inject=state_with(_seed_nat_rule), fix=restore_state),
     Exercise(
-        name="forward-one-way", difficulty="medium",
+        name="no-reply", difficulty="medium",
         symptom="pods send to the internet, but the answers never come back",
         fails=("pod to internet",),
         cause="FORWARD on {node} accepts pod traffic one way only (from pods)",
@@ -343,8 +343,8 @@ NODE_EXERCISES: tuple[Exercise, ...] = (
             "in. " + PERSISTED_WHY,
         inject=state_with(_without_rule("forward to pods")), fix=restore_state),
     Exercise(
-        name="bridge-down", difficulty="easy",
-        symptom="pods cannot reach anything, not even their gateway",
+        name="all-cut-off", difficulty="easy",
+        symptom="pods on one node reach nothing at all, not even their own node",
         fails=("pod to its gateway", "pod to pod, same node", "pod to pod, across nodes",
                "pod to pod, across nodes (back)", "large answer, across nodes",
                "pod to internet"),
@@ -358,7 +358,7 @@ NODE_EXERCISES: tuple[Exercise, ...] = (
         fix=lambda t: f"ip link set dev {BRIDGE} up",
         boot_restores=f"{BOOT_UNIT_REAPPLIES} (the bridge up)"),
     Exercise(
-        name="bridge-no-gateway", difficulty="medium",
+        name="neighbours-only", difficulty="medium",
         symptom="pods reach the pod next to them, but nothing beyond the node",
         fails=("pod to its gateway", "pod to pod, across nodes",
                "pod to pod, across nodes (back)", "large answer, across nodes",
@@ -376,7 +376,7 @@ NODE_EXERCISES: tuple[Exercise, ...] = (
         fix=lambda t: f"ip addr add {bridge_address(t.node)} broadcast + dev {BRIDGE}",
         boot_restores=f"{BOOT_UNIT_REAPPLIES} (the gateway address on {BRIDGE})"),
     Exercise(
-        name="mtu-mismatch", difficulty="hard",
+        name="big-answers-stall", difficulty="hard",
         symptom="ping and small answers get through across nodes, a large answer never does",
         fails=("large answer, across nodes",),
         cause="MTU mismatch on {node}",

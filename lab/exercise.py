@@ -82,7 +82,7 @@ def lab_exercises(layout: Layout) -> tuple[Exercise, ...]:
     plan = layout.plan
     return (
         Exercise(
-            name="vpc-route-missing", difficulty="medium", where="vpc",
+            name="far-pods-silent", difficulty="medium", where="vpc",
             symptom="pods on one node reach the internet, but no pod on another node answers "
                     "them",
             fails=("pod to pod, across nodes", "pod to pod, across nodes (back)",
@@ -100,7 +100,7 @@ def lab_exercises(layout: Layout) -> tuple[Exercise, ...]:
             inject=lambda t: route_command(layout, t.node, t.node, "del"),
             fix=lambda t: route_command(layout, t.node, t.node)),
         Exercise(
-            name="vpc-route-wrong", difficulty="medium", where="vpc",
+            name="lost-between-nodes", difficulty="medium", where="vpc",
             symptom="traffic to one node's pods gets lost somewhere between the nodes",
             fails=("pod to pod, across nodes", "pod to pod, across nodes (back)",
                    "large answer, across nodes"),
@@ -116,7 +116,7 @@ def lab_exercises(layout: Layout) -> tuple[Exercise, ...]:
             inject=lambda t: route_command(layout, t.node, other_node(plan, t.node)),
             fix=lambda t: route_command(layout, t.node, t.node)),
         Exercise(
-            name="pod-no-default-route", difficulty="easy", where="pod",
+            name="one-pod-stranded", difficulty="easy", where="pod",
             symptom="one pod reaches its neighbours on the node, and nothing else",
             fails=("pod to pod, across nodes", "large answer, across nodes",
                    "pod to internet"),
@@ -133,7 +133,7 @@ def lab_exercises(layout: Layout) -> tuple[Exercise, ...]:
             boot_restores="the pod is created again at boot and the CNI plugin gives it its "
                           "default route"),
         Exercise(
-            name="pod-cidr-mismatch", difficulty="hard", where="pod",
+            name="new-pods-unreachable", difficulty="hard", where="pod",
             symptom="new pods on one node start fine but only their neighbours answer them",
             fails=("pod to pod, across nodes", "pod to pod, across nodes (back)",
                    "large answer, across nodes", "pod to internet"),
@@ -168,9 +168,9 @@ def target_for(lab: LocalLab, node: str) -> Target:
 
 
 LEFT_OUT_ON_STACKS = {
-    "vpc": "they change the VPC's route table, which would take AWS API calls that Pulumi "
-           "would fight",
-    "pod": "they reach pods through the lab's runtime stand-in, which a cluster has not",
+    "vpc": "VPC level: on AWS they would take API calls that Pulumi would fight",
+    "pod": "pod level: they reach pods through the lab's runtime stand-in, which a cluster "
+           "has not",
 }
 
 

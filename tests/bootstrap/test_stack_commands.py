@@ -242,29 +242,29 @@ def plan_files(node: str) -> tuple[str, str]:
 def test_an_exercise_on_a_stack_injects_over_ssh_and_is_recorded(state_home: Path) -> None:
     cluster = healthy_cluster()
     console = quiet_console()
-    assert stack_commands.start_exercise(stack(), "forwarding-off", None, console,
+    assert stack_commands.start_exercise(stack(), "stuck-on-node", None, console,
                                          connect_to(cluster)) == 0
     assert "sysctl -q -w net.ipv4.ip_forward=0" in cluster.node("worker-1").commands
     assert json.loads((state_home / "exercise.json").read_text()) == {
-        "name": "forwarding-off", "node": "worker-1", "hints_shown": 0}
+        "name": "stuck-on-node", "node": "worker-1", "hints_shown": 0}
     text = output_of(console)
     assert "Symptom: pods on one node talk to each other" in text
     assert "ip_forward" not in text.split("Symptom")[1]  # the cause stays unnamed
-    with pytest.raises(ExerciseError, match=r"exercise forwarding-off is still open on "
+    with pytest.raises(ExerciseError, match=r"exercise stuck-on-node is still open on "
                                             r"worker-1: solve it .`make check STACK=dev`"):
-        stack_commands.start_exercise(stack(), "nat-missing", None, quiet_console(),
+        stack_commands.start_exercise(stack(), "no-way-out", None, quiet_console(),
                                       connect_to(healthy_cluster()))
 
 
 def test_a_stack_exercise_refuses_lab_only_unknown_or_unhealthy_starts(state_home: Path) -> None:
-    for name in ("vpc-route-missing", "nope"):
+    for name in ("far-pods-silent", "nope"):
         with pytest.raises(ExerciseError, match=f"no exercise named '{name}'"):
             stack_commands.start_exercise(stack(), name, None, quiet_console(),
                                           connect_to(healthy_cluster()))
     broken = healthy_cluster()
     broken.node("master").replies.insert(0, Reply("checkip.amazonaws.com", 1, "unreachable\n"))
     with pytest.raises(ExerciseError, match=r"checks do not all pass already \(pod to internet"):
-        stack_commands.start_exercise(stack(), "nat-missing", None, quiet_console(),
+        stack_commands.start_exercise(stack(), "no-way-out", None, quiet_console(),
                                       connect_to(broken))
     assert not any(c.startswith("cat >") for c in broken.node("worker-1").commands)
     assert not (state_home / "exercise.json").exists()
@@ -272,7 +272,7 @@ def test_a_stack_exercise_refuses_lab_only_unknown_or_unhealthy_starts(state_hom
 
 def test_check_on_a_stack_judges_the_open_exercise_by_the_files_read_at_boot(
         state_home: Path) -> None:
-    assert stack_commands.start_exercise(stack(), "nat-missing", "worker-2", quiet_console(),
+    assert stack_commands.start_exercise(stack(), "no-way-out", "worker-2", quiet_console(),
                                          connect_to(healthy_cluster())) == 0
     # The rule put back by hand only: the checks pass, the state file still lacks it.
     state, conflist = plan_files("worker-2")
@@ -282,7 +282,7 @@ def test_check_on_a_stack_judges_the_open_exercise_by_the_files_read_at_boot(
     cluster = with_files(healthy_cluster(), "worker-2", json.dumps(lacking), conflist)
     assert stack_commands.check(stack(), console, connect_to(cluster)) == 1
     text = output_of(console)
-    assert "exercise nat-missing: not solved yet: every check passes, but the boot unit " \
+    assert "exercise no-way-out: not solved yet: every check passes, but the boot unit " \
            "would bring the fault back" in text
     assert "lacks the rule 'k8s-cni-lab masquerade pod traffic leaving the cluster'" in text
     assert "Likely cause" not in text
@@ -290,7 +290,7 @@ def test_check_on_a_stack_judges_the_open_exercise_by_the_files_read_at_boot(
     console = quiet_console()
     cluster = with_files(healthy_cluster(), "worker-2", state, conflist)
     assert stack_commands.check(stack(), console, connect_to(cluster)) == 0
-    assert "exercise nat-missing: solved" in output_of(console)
+    assert "exercise no-way-out: solved" in output_of(console)
     assert "reboot would also" not in output_of(console)
     assert not (state_home / "exercise.json").exists()
 
@@ -302,7 +302,7 @@ def test_hints_and_the_solution_on_a_stack_need_no_connection(
     assert out.startswith("hint failed: no exercise is open to give a hint for: start one "
                           "with `make exercise`") and out.count("\n") == 1
     state_home.mkdir(parents=True)
-    (state_home / "exercise.json").write_text(json.dumps({"name": "forwarding-off",
+    (state_home / "exercise.json").write_text(json.dumps({"name": "stuck-on-node",
                                                            "node": "worker-1"}))
     shown = []
     for _ in range(4):
@@ -310,7 +310,7 @@ def test_hints_and_the_solution_on_a_stack_need_no_connection(
         shown.append(capsys.readouterr().out)
     assert [line.split(":")[0] for line in shown[:3]] == ["hint 1/3", "hint 2/3", "hint 3/3"]
     assert "ip_forward=0" not in shown[0] + shown[1] and "ip_forward=0" in shown[2]
-    assert shown[3].startswith("no more hints for forwarding-off")
+    assert shown[3].startswith("no more hints for stuck-on-node")
     assert lab_cli(["solution", "--stack", "dev"]) == 0
     solution_text = capsys.readouterr().out
     assert "The cause: forwarding off on worker-1" in solution_text
@@ -322,8 +322,8 @@ def test_the_listing_on_a_stack_names_what_is_left_out_and_why(
         capsys: pytest.CaptureFixture[str]) -> None:
     assert lab_cli(["exercises", "--stack", "dev"]) == 0
     out = capsys.readouterr().out
-    assert "forwarding-off" in out and "mtu-mismatch" in out
+    assert "stuck-on-node" in out and "big-answers-stall" in out
     table = out.split("Left out")[0]
-    assert "vpc-route-missing" not in table and "pod-cidr-mismatch" not in table
-    assert "Left out on a stack: vpc-route-missing, vpc-route-wrong (they change the VPC's " \
-           "route table" in out
+    assert "far-pods-silent" not in table and "new-pods-unreachable" not in table
+    assert "Left out on a stack: far-pods-silent, lost-between-nodes (VPC level: on AWS they " \
+           "would take API calls that Pulumi would fight)" in out

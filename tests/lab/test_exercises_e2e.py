@@ -17,9 +17,9 @@ from bootstrap.exercises import Exercise, Target
 from bootstrap.node_network import NODE_FILES, POD_MTU
 from infra.plan import make_plan
 from lab import exercise as lab_exercise
-from lab import lifecycle, network
+from lab import lifecycle, network, nodes
 from lab.layout import make_layout
-from tests.lab.test_lab_e2e import lab_name
+from tests.lab.test_lab_e2e import lab_cli, lab_name
 
 pytestmark = [
     pytest.mark.e2e,
@@ -96,7 +96,7 @@ def test_a_kernel_only_fix_of_a_persisted_fault_is_not_solved(
         practice_lab: lifecycle.LocalLab) -> None:
     """The NAT rule added by hand: every check passes, but the state file still lacks it."""
     lab = practice_lab
-    nat = exercises.find(CATALOG, "nat-missing")
+    nat = exercises.find(CATALOG, "no-way-out")
     node = lab.plan.workers[0]
     target = Target(lab.plan, node, tuple(lab.pods))
     try:
@@ -114,3 +114,45 @@ def test_a_kernel_only_fix_of_a_persisted_fault_is_not_solved(
         lab.ssh.node(node.name).run(
             f"iptables -t nat -D POSTROUTING -s {node.pod_cidr} ! -d {lab.plan.pod_network} "
             "-j MASQUERADE", timeout=30, check=False)
+
+
+def test_the_learners_loop_on_the_command_line_and_its_bad_inputs() -> None:
+    """Each step a new process, as `make` runs them: a refused name, an exercise that builds
+    the lab, a second one refused, a hint, check (not yet), the fix, check (solved), a lab
+    broken by hand refused, and `down` taking the open exercise's record with the lab."""
+    name = lab_name()
+    record = nodes.lab_dir(name) / "exercise.json"
+    try:
+        unknown = lab_cli(name, "exercise", "nope")
+        assert unknown.returncode == 1 and unknown.stdout.count("\n") == 1
+        assert "no exercise named 'nope'" in unknown.stdout and not nodes.lab_dir(name).exists()
+        started = lab_cli(name, "exercise", "all-cut-off")
+        assert started.returncode == 0, started.stdout + started.stderr
+        assert "FAIL" in started.stdout
+        assert "Symptom: pods on one node reach nothing at all" in started.stdout
+        assert "is down" not in started.stdout and "Likely cause" not in started.stdout
+        assert f"--name {name} enter worker-1 nginx-worker-1" in started.stdout
+        again = lab_cli(name, "exercise", "no-way-out")
+        assert again.returncode == 1 and "exercise all-cut-off is still open" in again.stdout
+        assert lab_cli(name, "hint").stdout.startswith("hint 1/3: ")
+        unsolved = lab_cli(name, "check")
+        assert unsolved.returncode == 1 and "exercise all-cut-off: not solved yet" in \
+            unsolved.stdout and "Likely cause" not in unsolved.stdout
+        assert "ip link set dev cni0 up" in lab_cli(name, "solution").stdout
+        lab_cli(name, "enter", "worker-1", "-c", "ip link set dev cni0 up")
+        solved = lab_cli(name, "check")
+        assert solved.returncode == 0 and "exercise all-cut-off: solved" in solved.stdout
+        assert "note: a reboot would also have fixed it" in solved.stdout
+        assert not record.exists()
+        lab_cli(name, "enter", "worker-2", "-c", "sysctl -q -w net.ipv4.ip_forward=0")
+        refused = lab_cli(name, "exercise", "no-way-out")
+        assert refused.returncode == 1 and "checks do not all pass already" in refused.stdout
+        assert not record.exists()
+        lab_cli(name, "enter", "worker-2", "-c", "sysctl -q -w net.ipv4.ip_forward=1")
+        assert lab_cli(name, "exercise", "stuck-on-node").returncode == 0 and record.exists()
+    finally:
+        lab_cli(name, "down")
+    assert not record.exists() and not nodes.lab_dir(name).exists()
+    no_hint = lab_cli(name, "hint")
+    assert no_hint.returncode == 1 and "no exercise is open" in no_hint.stdout
+    assert "Traceback" not in no_hint.stdout + no_hint.stderr
