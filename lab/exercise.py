@@ -145,7 +145,7 @@ def lab_exercises(layout: Layout) -> tuple[Exercise, ...]:
                    "The cause: pod CIDR mismatch on {node}: its CNI config gives pods another "
                    "subnet than {pod_cidr}, the one the VPC routes to it."),
             why="The CNI config decides pods' addresses; the VPC routes only {pod_cidr} to "
-                "{node}, and NAT and FORWARD rules match it too. Put the plan's subnet back "
+                "{node}, and its NAT rule matches only that subnet. Put the plan's subnet back "
                 "in the config, apply the node network (it removes the stray gateway address "
                 "from the bridge), and restart the node's pods so they get new addresses.",
             inject=lambda t: f"{mismatched_conflist(t)}\n{restart_pods_command(t)}",
@@ -194,11 +194,11 @@ def listing(name: str, console: Console, *, on_stack: bool = False) -> int:
 
 def start(name: str, wanted: str | None, node_name: str | None, console: Console) -> int:
     """Build the lab (kept) or reuse a kept one, inject one fault, print the failing table."""
-    layout = make_layout(make_plan(Settings()), name)
-    choices = catalog(layout)
+    choices = catalog(make_layout(make_plan(Settings()), name))  # checked before any build
     exercise = exercises.find(choices, wanted) if wanted else random.choice(choices)
     exercises.refuse_if_open(open_exercise(name), CHECK_COMMAND)
     lab = _kept_lab(name, console)
+    exercise = exercises.find(catalog(lab.layout), exercise.name)  # for the lab's node count
     with lab.ssh:
         node = _chosen_node(lab, exercise, node_name)
         outcomes, _ = lab.run_checks()
@@ -295,23 +295,23 @@ def verdict(lab: LocalLab, record: OpenExercise, outcomes: Sequence[Outcome],
 
 def hint(name: str, console: Console) -> int:
     record = exercises.require_open(open_exercise(name), "give a hint for")
-    layout = make_layout(make_plan(Settings()), name)
-    exercise = exercises.find(catalog(layout), record.name)
-    target = Target(layout.plan, layout.plan.node(record.node), _saved_pods(name))
+    exercise, target = _saved(name, record)
     exercise_session.show_hint(exercise, target, record, nodes.lab_dir(name), console)
     return 0
 
 
 def solution(name: str, console: Console) -> int:
     record = exercises.require_open(open_exercise(name), "solve")
-    layout = make_layout(make_plan(Settings()), name)
-    exercise = exercises.find(catalog(layout), record.name)
-    target = Target(layout.plan, layout.plan.node(record.node), _saved_pods(name))
+    exercise, target = _saved(name, record)
     exercise_session.show_solution(exercise, target, console,
                                    f"python -m lab --name {name} enter {record.node}")
     return 0
 
 
-def _saved_pods(name: str) -> tuple[PodInfo, ...]:
+def _saved(name: str, record: OpenExercise) -> tuple[Exercise, Target]:
+    """The open exercise and its target, from what the kept lab saved (no SSH needed)."""
     state = json.loads((nodes.lab_dir(name) / lifecycle.STATE_FILE).read_text())
-    return tuple(PodInfo(**pod) for pod in state["pods"])
+    layout = make_layout(make_plan(Settings(node_count=state["nodeCount"])), name)
+    pods = tuple(PodInfo(**pod) for pod in state["pods"])
+    return (exercises.find(catalog(layout), record.name),
+            Target(layout.plan, layout.plan.node(record.node), pods))
