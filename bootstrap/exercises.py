@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from bootstrap.errors import LabError
 from bootstrap.node_network import (
     BOOT_COMMAND,
     BRIDGE,
@@ -195,7 +196,7 @@ class OpenExercise:
     hints_shown: int = 0
 
 
-class ExerciseError(ValueError):
+class ExerciseError(LabError):
     """A one-line refusal that names the fix."""
 
 
