@@ -3,7 +3,8 @@
 PY := .venv/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup venv lab down check status run ssh phases test lint bench install-cni
+.PHONY: setup venv lab down check status run ssh phases test lint bench install-cni \
+	exercises exercise hint solution
 setup:
 	@scripts/install-deps
 
@@ -30,6 +31,19 @@ status: $(TARGET_SETUP)
 
 run: $(TARGET_SETUP)
 	$(PY) -m lab run "$(PHASES)" $(ON_STACK)
+
+# Practise: break one thing for the learner to fix (README, "Practise").
+exercises: venv
+	@$(PY) -m lab exercises $(ON_STACK)
+
+exercise: $(TARGET_SETUP)
+	$(PY) -m lab exercise $(if $(EXERCISE),"$(EXERCISE)") $(if $(NODE),--node "$(NODE)") $(ON_STACK)
+
+hint: $(TARGET_SETUP)
+	@$(PY) -m lab hint $(ON_STACK)
+
+solution: $(TARGET_SETUP)
+	@$(PY) -m lab solution $(ON_STACK)
 
 ssh: venv
 	$(PY) -m lab ssh "$(NODE)" --stack "$(STACK)"

@@ -1,10 +1,12 @@
-"""The command line's verbs on a Pulumi stack: check, status, run and ssh, over SSH to the
-stack's nodes with its pinned host keys (the lab's own verbs are in lab/cli.py)."""
+"""The command line's verbs on a Pulumi stack: check, status, run, ssh and the node-level
+exercises, over SSH to the stack's nodes with its pinned host keys (the lab's own verbs are
+in lab/cli.py)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import random
 import subprocess
 import tempfile
 from collections.abc import Callable, Sequence
@@ -12,7 +14,9 @@ from pathlib import Path
 
 from rich.console import Console
 
+from bootstrap import exercise_session, exercises
 from bootstrap.cni.install import plugin_files
+from bootstrap.exercises import Exercise, ExerciseError, OpenExercise, Target
 from bootstrap.inventory import Inventory
 from bootstrap.kubeadm import KUBECTL, KUBECTL_TIMEOUT
 from bootstrap.phases.cloud import run_cloud_workflow
@@ -33,20 +37,84 @@ def open_ssh(inventory: Inventory) -> NodeCluster:
 
 
 def check(stack: Stack, console: Console, connect: Connect = open_ssh) -> int:
-    """The connectivity checks from the test pods: exit 0 only if all are as expected."""
+    """The connectivity checks from the test pods: exit 0 only if all are as expected. With
+    an exercise open, the causes stay hidden and the verdict says if it is solved."""
     _require_cluster(stack)
     if len(stack.plan.workers) < 2:
         raise StackError(f"stack {stack.name!r} has one worker: the checks need two "
                          "(pulumi config set nodeCount 3, then pulumi up)")
+    directory = exercise_session.stack_state_dir(stack.name)
+    record = exercise_session.load_record(directory)
     ssh = connect(stack.inventory)
     try:
         outcomes, causes = check_cluster(_context(stack, ssh, Path("unused")))
+        if record:
+            console.print(cloud_table(outcomes, {}))
+            exercise = exercises.find(exercises.NODE_EXERCISES, record.name)
+            return 0 if exercise_session.show_verdict(exercise, stack.plan,
+                                                      ssh.node(record.node), outcomes,
+                                                      directory, console) else 1
     finally:
         ssh.close()
     console.print(cloud_table(outcomes, causes))
     for line in failure_lines(outcomes, causes):
         console.print(f"[red]x[/] {line}", soft_wrap=True)
     return 0 if all(outcome.passed for outcome in outcomes) else 1
+
+
+def start_exercise(stack: Stack, wanted: str | None, node_name: str | None, console: Console,
+                   connect: Connect = open_ssh) -> int:
+    """A node-level fault injected over SSH on a healthy stack; the failing table."""
+    _require_cluster(stack)
+    exercise = exercises.find(exercises.NODE_EXERCISES, wanted) if wanted \
+        else random.choice(exercises.NODE_EXERCISES)
+    directory = exercise_session.stack_state_dir(stack.name)
+    exercises.refuse_if_open(exercise_session.load_record(directory),
+                             f"make check STACK={stack.name}")
+    node = node_name or stack.plan.workers[0].name
+    if node not in stack.plan.node_names():
+        raise ExerciseError(f"no node {node!r} in stack {stack.name!r}: pick one of "
+                            f"{', '.join(stack.plan.node_names())} with NODE=")
+    ssh = connect(stack.inventory)
+    try:
+        context = _context(stack, ssh, Path("unused"))
+        failing = [o.check.name for o in check_cluster(context)[0] if not o.passed]
+        if failing:
+            raise ExerciseError(f"the stack's checks do not all pass already "
+                                f"({', '.join(failing)}): a fault you did not inject would "
+                                f"mislead; fix it first (make check STACK={stack.name})")
+        target = Target(stack.plan, stack.plan.node(node))
+        ssh.node(node).run(exercise.inject(target), timeout=120, quiet=True)
+        exercise_session.save_record(directory, OpenExercise(exercise.name, node))
+        outcomes, _ = check_cluster(context)
+    finally:
+        ssh.close()
+    console.print(cloud_table(outcomes, {}))
+    console.print(f"Exercise {exercise.name} ({exercise.difficulty}) on {node}. Symptom: "
+                  f"{exercise.symptom}.\nFix it by hand, so that it would also hold after a "
+                  f"reboot: make ssh NODE={node} STACK={stack.name}; then make check, make hint "
+                  f"or make solution, each with STACK={stack.name}.", soft_wrap=True)
+    return 0
+
+
+def hint(stack: Stack, console: Console) -> int:
+    record, exercise, target, directory = _open_exercise(stack, "give a hint for")
+    exercise_session.show_hint(exercise, target, record, directory, console)
+    return 0
+
+
+def solution(stack: Stack, console: Console) -> int:
+    record, exercise, target, _ = _open_exercise(stack, "solve")
+    exercise_session.show_solution(exercise, target, console,
+                                   f"make ssh NODE={record.node} STACK={stack.name}")
+    return 0
+
+
+def _open_exercise(stack: Stack, verb: str) -> tuple[OpenExercise, Exercise, Target, Path]:
+    directory = exercise_session.stack_state_dir(stack.name)
+    record = exercises.require_open(exercise_session.load_record(directory), verb)
+    exercise = exercises.find(exercises.NODE_EXERCISES, record.name)
+    return record, exercise, Target(stack.plan, stack.plan.node(record.node)), directory
 
 
 def status(stack: Stack, console: Console, connect: Connect = open_ssh) -> int:

@@ -9,6 +9,8 @@
     run    run bootstrap phases (comma-separated) on a kept lab, idempotently
     ssh    an interactive shell on a node of a Pulumi stack (check, status and run also
            take --stack NAME)
+    exercises  list the exercises; exercise [NAME] breaks the lab for you to fix;
+           hint, solution help with the open one (each also takes --stack NAME)
 """
 
 from __future__ import annotations
@@ -56,8 +58,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                      help="what each node holds, against the plan")
     run = verbs.add_parser("run", parents=[on_stack],
                            help="run bootstrap phases, idempotently (make phases lists them)")
-    run.add_argument("phases", type=phase_list,
-                     help="comma-separated: node-network,cni; or all")
+    run.add_argument("phases", type=phase_list, help="comma-separated: node-network,cni; or all")
+    verbs.add_parser("exercises", parents=[on_stack], help="list the exercises")
+    exercise = verbs.add_parser("exercise", parents=[on_stack],
+                                help="inject one fault for you to find and fix")
+    exercise.add_argument("exercise", nargs="?", default="",
+                          help="its name (make exercises lists them); empty: a random one")
+    exercise.add_argument("--node", help="the node to break (default: the first worker)")
+    verbs.add_parser("hint", parents=[on_stack], help="the next hint for the open exercise")
+    verbs.add_parser("solution", parents=[on_stack],
+                     help="the commands that fix the open exercise, and why")
     ssh = verbs.add_parser("ssh", help="an interactive shell on a node of a Pulumi stack")
     ssh.add_argument("node")
     ssh.add_argument("--stack", required=True, help="the Pulumi stack")
@@ -93,6 +103,10 @@ def main(argv: list[str]) -> int:
         console.print("[red]ssh needs a stack:[/] make ssh NODE=worker-1 STACK=dev (on a kept "
                       "lab: python -m lab enter worker-1)", soft_wrap=True)
         return 2
+    if args.verb == "exercises":  # the catalog: no lab or stack needed
+        from lab import exercise
+
+        return exercise.listing(args.name, console, on_stack=bool(args.stack))
     if getattr(args, "stack", None):
         return on_stack(args, console)
     if os.geteuid() != 0:
@@ -116,7 +130,8 @@ def main(argv: list[str]) -> int:
 
 
 def on_stack(args: argparse.Namespace, console: Console) -> int:
-    """check, status, run and ssh on a Pulumi stack: no root needed, nothing local changes."""
+    """check, status, run, ssh and the exercises on a Pulumi stack: no root needed; nothing
+    local changes but the open exercise's record."""
     from bootstrap import stack_commands
     from bootstrap.errors import LabError
     from bootstrap.stack import read_stack
@@ -132,6 +147,13 @@ def on_stack(args: argparse.Namespace, console: Console) -> int:
             return stack_commands.run(stack, args.phases)
         if args.verb == "ssh":
             return stack_commands.ssh(stack, args.node)
+        if args.verb == "exercise":
+            return stack_commands.start_exercise(stack, args.exercise or None, args.node,
+                                                 console)
+        if args.verb == "hint":
+            return stack_commands.hint(stack, console)
+        if args.verb == "solution":
+            return stack_commands.solution(stack, console)
     except LabError as error:
         console.print(f"[red]{args.verb} failed:[/] {error}", soft_wrap=True)
         return 1
@@ -140,7 +162,14 @@ def on_stack(args: argparse.Namespace, console: Console) -> int:
 
 
 def _on_kept_lab(args: argparse.Namespace, console: Console) -> int:
-    from lab import cli
+    from lab import cli, exercise
+
+    if args.verb == "exercise":
+        return exercise.start(args.name, args.exercise or None, args.node, console)
+    if args.verb == "hint":
+        return exercise.hint(args.name, console)
+    if args.verb == "solution":
+        return exercise.solution(args.name, console)
 
     if args.verb == "down":
         return cli.down(args.name, console)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
+from bootstrap.verify.echo_server import LARGE_PATH
 from infra.plan import Plan
 
 EndpointKind = Literal["pod", "node", "internet", "service"]
@@ -43,6 +44,7 @@ class Check:
     expect_reach: bool = True
     expect_seen: str | None = None  # the client address the target's echo server must see
     seen_means: str = ""  # what that address is, for the report ("sender's pod address")
+    path: str = "/"  # what an HTTP check asks for (LARGE_PATH: an answer of many packets)
 
     @property
     def expected(self) -> str:
@@ -112,7 +114,7 @@ def probe(prober: Prober, check: Check) -> ProbeResult:
         return ProbeResult(code == 0, None, _last_line(output))
     code, output = prober.run(check.source, [
         *ECHO_CLIENT_ARGV, "fetch", check.target.ip, str(check.port),
-        "--timeout", str(HTTP_TIMEOUT_S)])
+        "--timeout", str(HTTP_TIMEOUT_S), *(["--path", check.path] if check.path != "/" else [])])
     if code != 0:
         return ProbeResult(False, None, _last_line(output))
     try:
@@ -227,6 +229,8 @@ def lab_checks(plan: Plan, public_ips: Mapping[str, str], pods: Sequence[PodInfo
               expect_seen=tools.ip, seen_means="sender's pod address (no NAT in the cluster)"),
         Check("pod to pod, across nodes (back)", far_tools, web, "http", WEB_PORT,
               expect_seen=far_tools.ip, seen_means="sender's pod address"),
+        Check("large answer, across nodes", tools, far_web, "http", WEB_PORT,
+              expect_seen=tools.ip, seen_means="sender's pod address", path=LARGE_PATH),
         Check("node to pod", node_ep, far_web, "http", WEB_PORT,
               expect_seen=str(master.private_ip), seen_means="the node's private address"),
         Check("pod to internet", tools, internet, "http", internet_port,

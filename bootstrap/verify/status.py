@@ -8,7 +8,6 @@ the sha256 of each installed plugin file. `node_status` compares them with the p
 
 from __future__ import annotations
 
-import json
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -16,7 +15,12 @@ from dataclasses import dataclass
 from bootstrap.errors import LabError
 from bootstrap.node_network import BRIDGE, NODE_FILES
 from bootstrap.remote import NodeCluster, RemoteNode
-from bootstrap.verify.diagnose import FACTS_COMMAND, NodeFacts, parse_node_facts
+from bootstrap.verify.diagnose import (
+    FACTS_COMMAND,
+    NodeFacts,
+    conflist_subnet,
+    parse_node_facts,
+)
 from infra.plan import Node, Plan
 
 SECTION = "==section=="
@@ -50,19 +54,11 @@ def node_status(plan: Plan, node: Node, output: str,
     facts_text, conflist, addresses, hashes = ([*output.split(SECTION), "", "", ""])[:4]
     return NodeStatus(
         name=node.name, reached="", planned_cidr=str(node.pod_cidr),
-        conflist_cidr=_conflist_subnet(conflist),
+        conflist_cidr=conflist_subnet(conflist) or None,
         bridge_addresses=tuple(line.split()[3] for line in addresses.splitlines()
                                if len(line.split()) > 3),
         facts=parse_node_facts(facts_text, str(node.pod_cidr), str(plan.pod_network)),
         plugin=_plugin_state(hashes, plugin_hashes))
-
-
-def _conflist_subnet(text: str) -> str | None:
-    try:
-        plugins = json.loads(text)["plugins"]
-        return str(next(p["subnet"] for p in plugins if "subnet" in p))
-    except (ValueError, KeyError, TypeError, StopIteration):
-        return None
 
 
 def _plugin_state(sha256sum_output: str, wanted: Mapping[str, str]) -> str:

@@ -49,6 +49,7 @@ GATEWAY_PING = in_pod("bash-worker-1", "ping -n -q -c 1 -W 1 10.244.1.1")
 SAME_NODE = pod_fetch("bash-worker-1", "10.244.1.2")
 ACROSS = pod_fetch("bash-worker-1", "10.244.2.2")
 ACROSS_BACK = pod_fetch("bash-worker-2", "10.244.1.2")
+LARGE_ACROSS = f"{ACROSS} --path /large"  # ACROSS's reply answers it too (a substring)
 NODE_TO_POD = node_fetch("10.244.2.2")
 TO_INTERNET = pod_fetch("bash-worker-1", "checkip.amazonaws.com", 80)
 # What a cluster's user touches: the echo Service (static ClusterIP 10.96.0.100) across
@@ -59,7 +60,7 @@ DNS_API = in_pod("bash-worker-1",
                  "nslookup -type=a kubernetes.default.svc.cluster.local 10.96.0.10")
 DNS_ECHO = in_pod("bash-worker-1",
                   "nslookup -type=a echo.k8s-cni-lab-checks.svc.cluster.local 10.96.0.10")
-PROBES = (GATEWAY_PING, SAME_NODE, ACROSS, ACROSS_BACK, NODE_TO_POD, TO_INTERNET,
+PROBES = (GATEWAY_PING, SAME_NODE, ACROSS, ACROSS_BACK, LARGE_ACROSS, NODE_TO_POD, TO_INTERNET,
           TO_SERVICE, HAIRPIN, DNS_API, DNS_ECHO)
 
 

@@ -117,10 +117,10 @@ def test_the_cloud_runs_the_local_checks_but_internet_to_pod() -> None:
     checks = cloud_checks(PLAN, inventory(), POD_INFOS)
     assert [check.name for check in checks] == [
         "pod to its gateway", "pod to pod, same node", "pod to pod, across nodes",
-        "pod to pod, across nodes (back)", "node to pod", "pod to internet",
-        "pod to Service, across nodes", "pod to Service, hairpin",
+        "pod to pod, across nodes (back)", "large answer, across nodes", "node to pod",
+        "pod to internet", "pod to Service, across nodes", "pod to Service, hairpin",
         "DNS: the API server's Service", "DNS: the echo Service"]
-    internet = checks[5]
+    internet = checks[6]
     assert (internet.target.ip, internet.port) == ("checkip.amazonaws.com", 80)
     assert internet.expect_seen == replies.WORKER_1_PUBLIC  # the node's public address
     assert checks[0].target.ip == "10.244.1.1"  # worker-1's cni0, from the plan
@@ -166,12 +166,12 @@ def test_a_healthy_cluster_passes_applied_waited_and_probed_with_the_right_argv(
     assert [(o.check.name, o.passed) for o in sink.outcomes] == [
         (name, True) for name in ("pod to its gateway", "pod to pod, same node",
                                   "pod to pod, across nodes", "pod to pod, across nodes (back)",
-                                  "node to pod", "pod to internet",
+                                  "large answer, across nodes", "node to pod", "pod to internet",
                                   "pod to Service, across nodes", "pod to Service, hairpin",
                                   "DNS: the API server's Service", "DNS: the echo Service")]
     table = next(r.getMessage() for r in caplog.records if "checks done" in r.getMessage())
     assert "'internet to pod' is not run" in table
-    assert table.count(" pass ") == 10 and "FAIL" not in table
+    assert table.count(" pass ") == 11 and "FAIL" not in table
 
 
 def test_nat_inside_the_cluster_fails_both_cross_node_checks_with_the_cause(
@@ -184,7 +184,7 @@ def test_nat_inside_the_cluster_fails_both_cross_node_checks_with_the_cause(
     with pytest.raises(LabError) as failed:
         run_verify(verify_context(nodes, tmp_path, Recorded()))
     message = str(failed.value)
-    assert message.startswith("2 of 10 connectivity check(s) failed:")
+    assert message.startswith("3 of 11 connectivity check(s) failed:")
     assert "- pod to pod, across nodes: expected sees 10.244.1.3, got sees 10.0.1.11. " \
            "Likely cause: NAT inside the cluster: worker-1 masquerades" in message
     assert "- pod to pod, across nodes (back): expected sees 10.244.2.3, got sees " \
@@ -205,14 +205,15 @@ def test_no_answer_fails_each_check_named_with_a_cause_it_can_see(tmp_path: Path
     with pytest.raises(LabError) as failed:
         run_verify(verify_context(nodes, tmp_path, sink))
     message = str(failed.value)
-    assert message.startswith("2 of 10 connectivity check(s) failed:")
+    assert message.startswith("3 of 11 connectivity check(s) failed:")
     assert "- pod to internet: expected sees 203.0.113.11, got no answer. Likely cause: " \
            "no NAT on worker-1" in message
     assert "- pod to pod, across nodes: expected sees 10.244.1.3, got no answer. Likely " \
            "cause: unreachable: timed out; the nodes' rules look right: check the VPC route " \
            "for worker-2's pod CIDR" in message
     assert [o.check.name for o in sink.outcomes if not o.passed] == [
-        "pod to pod, across nodes", "pod to internet"]  # the provider sees them too
+        "pod to pod, across nodes", "large answer, across nodes",
+        "pod to internet"]  # the provider sees them too
 
 
 def test_service_and_dns_failures_point_at_kube_proxy_and_coredns(tmp_path: Path) -> None:
@@ -226,7 +227,7 @@ def test_service_and_dns_failures_point_at_kube_proxy_and_coredns(tmp_path: Path
     with pytest.raises(LabError) as failed:
         run_verify(verify_context(nodes, tmp_path, Recorded()))
     message = str(failed.value)
-    assert message.startswith("2 of 10 connectivity check(s) failed:")
+    assert message.startswith("2 of 11 connectivity check(s) failed:")
     assert "- pod to Service, hairpin: expected answers, got no answer. Likely cause: " \
            "unreachable: timed out; the nodes' rules look right: check kube-proxy" in message
     assert "- DNS: the echo Service: expected sees 10.96.0.100, got no answer. Likely cause: " \
@@ -293,7 +294,7 @@ def test_pulumi_up_fails_loudly_with_the_table_on_stderr(
     nodes.node("master").replies.insert(0, Reply(replies.TO_INTERNET, 1, "unreachable\n"))
     with pytest.raises(BootstrapFailed) as failed:
         BootstrapProvider(connect=Connections(nodes)).create(provider_inputs())
-    assert str(failed.value).startswith("cluster bootstrap failed: phase verify: 1 of 10 "
+    assert str(failed.value).startswith("cluster bootstrap failed: phase verify: 1 of 11 "
                                         "connectivity check(s) failed:\n- pod to internet: ")
     stderr = capfd.readouterr().err
     assert "[bootstrap] [verify] master: checks done" in stderr

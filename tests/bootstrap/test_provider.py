@@ -129,8 +129,8 @@ def test_create_runs_the_cloud_workflow_and_returns_kubeconfig_and_pod_cidrs(
     assert outs["apiServer"] == "https://203.0.113.10:6443"
     assert outs["checks"] == dict.fromkeys(
         ["pod to its gateway", "pod to pod, same node", "pod to pod, across nodes",
-         "pod to pod, across nodes (back)", "node to pod", "pod to internet",
-         "pod to Service, across nodes", "pod to Service, hairpin",
+         "pod to pod, across nodes (back)", "large answer, across nodes", "node to pod",
+         "pod to internet", "pod to Service, across nodes", "pod to Service, hairpin",
          "DNS: the API server's Service", "DNS: the echo Service"], "pass")
     assert {key: outs[key] for key in props} == props  # the inputs, for diff and delete
     (inventory, policy), = connections.calls

@@ -17,7 +17,9 @@ from rich.console import Console
 
 from bootstrap import stack_commands
 from bootstrap.cni.install import plugin_files
+from bootstrap.exercises import ExerciseError
 from bootstrap.inventory import Inventory
+from bootstrap.node_network import NODE_FILES, cni_conflist, desired_state, render_state
 from bootstrap.phases.cloud import cloud_workflow
 from bootstrap.remote import NodeCluster
 from bootstrap.stack import Stack, StackError, read_stack, stack_from_outputs
@@ -233,3 +235,114 @@ def test_ssh_pins_the_stacks_host_key_and_uses_its_login_key(tmp_path: Path) -> 
     assert (tmp_path / "known_hosts").read_text() == f"203.0.113.11 {HOST_KEY}\n"
     assert (tmp_path / "key").read_text() == LOGIN_KEY
     assert (tmp_path / "key").stat().st_mode & 0o777 == 0o600
+
+
+# -- exercises on a stack ---------------------------------------------------------------------
+
+@pytest.fixture
+def state_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The user's state directory, where a stack's open exercise is recorded."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    return tmp_path / "state" / "k8s-cni-lab" / "stacks" / "dev"
+
+
+def with_files(cluster: FakeCluster, node: str, state: str, conflist: str) -> FakeCluster:
+    cluster.node(node).files.update({NODE_FILES.state: (state.encode(), 0o644),
+                                     NODE_FILES.conflist: (conflist.encode(), 0o644)})
+    return cluster
+
+
+def plan_files(node: str) -> tuple[str, str]:
+    planned = PLAN.node(node)
+    return (render_state(desired_state(PLAN, planned)),
+            json.dumps(cni_conflist(PLAN, planned), indent=2))
+
+
+def test_an_exercise_on_a_stack_injects_over_ssh_and_is_recorded(state_home: Path) -> None:
+    cluster = healthy_cluster()
+    console = quiet_console()
+    assert stack_commands.start_exercise(stack(), "stuck-on-node", None, console,
+                                         connect_to(cluster)) == 0
+    assert "sysctl -q -w net.ipv4.ip_forward=0" in cluster.node("worker-1").commands
+    assert json.loads((state_home / "exercise.json").read_text()) == {
+        "name": "stuck-on-node", "node": "worker-1", "hints_shown": 0}
+    text = output_of(console)
+    assert "Symptom: pods on one node talk to each other" in text
+    assert "ip_forward" not in text.split("Symptom")[1]  # the cause stays unnamed
+    with pytest.raises(ExerciseError, match=r"exercise stuck-on-node is still open on "
+                                            r"worker-1: solve it .`make check STACK=dev`"):
+        stack_commands.start_exercise(stack(), "no-way-out", None, quiet_console(),
+                                      connect_to(healthy_cluster()))
+
+
+def test_a_stack_exercise_refuses_lab_only_unknown_or_unhealthy_starts(state_home: Path) -> None:
+    for name in ("far-pods-silent", "nope"):
+        with pytest.raises(ExerciseError, match=f"no exercise named '{name}'"):
+            stack_commands.start_exercise(stack(), name, None, quiet_console(),
+                                          connect_to(healthy_cluster()))
+    broken = healthy_cluster()
+    broken.node("master").replies.insert(0, Reply("checkip.amazonaws.com", 1, "unreachable\n"))
+    with pytest.raises(ExerciseError, match=r"checks do not all pass already \(pod to internet"):
+        stack_commands.start_exercise(stack(), "no-way-out", None, quiet_console(),
+                                      connect_to(broken))
+    assert not any(c.startswith("cat >") for c in broken.node("worker-1").commands)
+    assert not (state_home / "exercise.json").exists()
+
+
+def test_check_on_a_stack_judges_the_open_exercise_by_the_files_read_at_boot(
+        state_home: Path) -> None:
+    assert stack_commands.start_exercise(stack(), "no-way-out", "worker-2", quiet_console(),
+                                         connect_to(healthy_cluster())) == 0
+    # The rule put back by hand only: the checks pass, the state file still lacks it.
+    state, conflist = plan_files("worker-2")
+    lacking = json.loads(state)
+    lacking["rules"] = [rule for rule in lacking["rules"] if "MASQUERADE" not in rule["spec"]]
+    console = quiet_console()
+    cluster = with_files(healthy_cluster(), "worker-2", json.dumps(lacking), conflist)
+    assert stack_commands.check(stack(), console, connect_to(cluster)) == 1
+    text = output_of(console)
+    assert "exercise no-way-out: not solved yet: every check passes, but the boot unit " \
+           "would bring the fault back" in text
+    assert "lacks the rule 'k8s-cni-lab masquerade pod traffic leaving the cluster'" in text
+    assert "Likely cause" not in text
+    # The state file restored as the solution says: solved, and the exercise is closed.
+    console = quiet_console()
+    cluster = with_files(healthy_cluster(), "worker-2", state, conflist)
+    assert stack_commands.check(stack(), console, connect_to(cluster)) == 0
+    assert "exercise no-way-out: solved" in output_of(console)
+    assert "reboot would also" not in output_of(console)
+    assert not (state_home / "exercise.json").exists()
+
+
+def test_hints_and_the_solution_on_a_stack_need_no_connection(
+        state_home: Path, fake_pulumi: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert lab_cli(["hint", "--stack", "dev"]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("hint failed: no exercise is open to give a hint for: start one "
+                          "with `make exercise`") and out.count("\n") == 1
+    state_home.mkdir(parents=True)
+    (state_home / "exercise.json").write_text(json.dumps({"name": "stuck-on-node",
+                                                           "node": "worker-1"}))
+    shown = []
+    for _ in range(4):
+        assert lab_cli(["hint", "--stack", "dev"]) == 0
+        shown.append(capsys.readouterr().out)
+    assert [line.split(":")[0] for line in shown[:3]] == ["hint 1/3", "hint 2/3", "hint 3/3"]
+    assert "ip_forward=0" not in shown[0] + shown[1] and "ip_forward=0" in shown[2]
+    assert shown[3].startswith("no more hints for stuck-on-node")
+    assert lab_cli(["solution", "--stack", "dev"]) == 0
+    solution_text = capsys.readouterr().out
+    assert "The cause: forwarding off on worker-1" in solution_text
+    assert "sysctl -w net.ipv4.ip_forward=1" in solution_text
+    assert "make ssh NODE=worker-1 STACK=dev" in solution_text
+
+
+def test_the_listing_on_a_stack_names_what_is_left_out_and_why(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert lab_cli(["exercises", "--stack", "dev"]) == 0
+    out = capsys.readouterr().out
+    assert "stuck-on-node" in out and "big-answers-stall" in out
+    table = out.split("Left out")[0]
+    assert "far-pods-silent" not in table and "new-pods-unreachable" not in table
+    assert "Left out on a stack: far-pods-silent, lost-between-nodes (VPC level: on AWS they " \
+           "would take API calls that Pulumi would fight)" in out

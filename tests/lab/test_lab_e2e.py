@@ -190,7 +190,8 @@ def test_the_story_turns_each_failure_into_a_pass():
         lifecycle.down(name)
     assert_nothing_left(name, held)
     failing = [sorted(o.check.name for o in stage.outcomes if not o.passed) for stage in stages]
-    across = ["node to pod", "pod to pod, across nodes", "pod to pod, across nodes (back)"]
+    across = ["large answer, across nodes", "node to pod", "pod to pod, across nodes",
+              "pod to pod, across nodes (back)"]
     assert failing == [
         sorted([*across, "pod to internet", "pod to pod, same node"]),
         sorted([*across, "pod to internet"]),

@@ -43,7 +43,7 @@ class ScriptedProber:
         self.calls.append((source.name, list(argv)))
         if argv[0] == "ping":
             return 0, "1 packets transmitted, 1 received"
-        target = argv[-4]
+        target = argv[argv.index("fetch") + 1]
         if source.kind == "internet":
             return 1, "unreachable: timed out"
         if target == INTERNET.ip:
@@ -59,8 +59,8 @@ class ScriptedProber:
 def test_the_lab_story_has_every_check_of_the_seed_lab():
     names = [check.name for check in lab_checks(PLAN, PUBLIC, PODS, INTERNET, 80)]
     assert names == ["pod to its gateway", "pod to pod, same node", "pod to pod, across nodes",
-                     "pod to pod, across nodes (back)", "node to pod", "pod to internet",
-                     "internet to pod"]
+                     "pod to pod, across nodes (back)", "large answer, across nodes",
+                     "node to pod", "pod to internet", "internet to pod"]
 
 
 def test_a_healthy_cluster_passes_every_check():
@@ -73,7 +73,8 @@ def test_nat_inside_the_cluster_fails_the_cross_node_checks_only():
                           lab_checks(PLAN, PUBLIC, PODS, INTERNET, 80))
     failed = [o for o in outcomes if not o.passed]
     assert [o.check.name for o in failed] == ["pod to pod, across nodes",
-                                              "pod to pod, across nodes (back)"]
+                                              "pod to pod, across nodes (back)",
+                                              "large answer, across nodes"]
     assert failed[0].observed == "sees 10.0.1.11"
 
 

@@ -118,5 +118,84 @@ def test_facts_are_read_only_when_a_check_failed():
     failing = run_checks(ScriptedProber(nat_inside=True),
                          lab_checks(PLAN, PUBLIC, PODS, INTERNET, 80))
     causes = failure_causes(failing, read_facts, {})
-    assert list(causes) == ["pod to pod, across nodes", "pod to pod, across nodes (back)"]
+    assert list(causes) == ["pod to pod, across nodes", "pod to pod, across nodes (back)",
+                            "large answer, across nodes"]
     assert reads == [1]
+
+
+# -- the node's links, bridge, CNI config and pods (the sections after the nat table) ---------
+
+LINKS = """1: lo: <LOOPBACK,UP,LOWER_UP> mtu 65536 qdisc noqueue state UNKNOWN mode DEFAULT
+2: eth0@if5: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 qdisc noqueue state UP mode DEFAULT
+3: cni0: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 qdisc noqueue state UP mode DEFAULT
+4: veth1a2b3c4d@if2: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 master cni0 state UP
+"""
+BRIDGE_ADDR = "3: cni0    inet 10.244.1.1/24 brd 10.244.1.255 scope global cni0\n"
+DEFAULT = "default via 10.0.1.1 dev eth0\n"
+CONFLIST = '{"plugins": [{"type": "lab-cni", "subnet": "10.244.1.0/24"}]}\n'
+POD_ROUTES = "nginx-worker-1 default via 10.244.1.1 dev eth0\n" \
+             "bash-worker-1 default via 10.244.1.1 dev eth0\n"
+
+
+def recorded(filter_nat: str = HEALTHY, links: str = LINKS, addresses: str = BRIDGE_ADDR,
+             conflist: str = CONFLIST, pods: str = POD_ROUTES) -> str:
+    """FACTS_COMMAND's whole output on worker-1, as a healthy node prints it unless told."""
+    return "#--\n".join([filter_nat.rstrip("\n") + "\n", links, addresses, DEFAULT, conflist,
+                         pods])
+
+
+def worker_1_facts(text: str) -> dict[str, NodeFacts]:
+    healthy = parse_node_facts(recorded(), "10.244.1.0/24", CLUSTER, "10.244.1.1/24")
+    return {"master": healthy, "worker-2": healthy,
+            "worker-1": parse_node_facts(text, "10.244.1.0/24", CLUSTER, "10.244.1.1/24")}
+
+
+def test_a_healthy_node_gives_no_cause_among_the_new_facts():
+    facts = parse_node_facts(recorded(), "10.244.1.0/24", CLUSTER, "10.244.1.1/24")
+    assert (facts.bridge_up, facts.bridge_missing_gateway, facts.bridge_mtu) == (True, "", 1500)
+    assert (facts.uplink, facts.uplink_mtu, facts.conflist_mismatch) == ("eth0", 1500, "")
+    assert facts.pods_without_default_route == () and facts.forward_one_way == ""
+
+
+@pytest.mark.parametrize(("text", "check", "cause"), [
+    (recorded(links=LINKS.replace("3: cni0: <BROADCAST,MULTICAST,UP,LOWER_UP>",
+                                  "3: cni0: <BROADCAST,MULTICAST>")),
+     "pod to pod, same node", "the bridge cni0 is down on worker-1"),
+    (recorded(addresses=""), "pod to internet",
+     "cni0 on worker-1 lacks the pod gateway address 10.244.1.1/24"),
+    (recorded(links=LINKS.replace("eth0@if5: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500",
+                                  "eth0@if5: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1400")),
+     "large answer, across nodes", "MTU mismatch on worker-1: eth0 has MTU 1400, less than "
+                                   "the pods' 1500"),
+    (recorded(conflist=CONFLIST.replace("10.244.1.0/24", "10.244.255.0/24")),
+     "pod to pod, across nodes", "pod CIDR mismatch on worker-1: its CNI config gives pods "
+                                 "10.244.255.0/24"),
+    (recorded(pods=POD_ROUTES.replace("bash-worker-1 default via 10.244.1.1 dev eth0",
+                                      "bash-worker-1")),
+     "pod to internet", "bash-worker-1 on worker-1 has no default route"),
+    (recorded(filter_nat=HEALTHY.replace(
+        '-A LAB-FWD -d 10.244.0.0/16 -m comment --comment "k8s-cni-lab: to pods" -j ACCEPT\n',
+        "")),
+     "pod to internet", "FORWARD on worker-1 accepts pod traffic one way only (from pods)"),
+])
+def test_each_node_fault_gets_its_cause_from_recorded_facts(text, check, cause):
+    outcome = outcomes_by_name(Silent())[check]
+    routes = {node.name: True for node in PLAN.nodes}
+    assert cause in likely_cause(outcome, worker_1_facts(text), routes)
+
+
+def test_the_pods_own_subnet_is_not_blamed_on_its_route_or_the_cni_config():
+    """Pod to pod on one node stays on the bridge: a missing default route or a CNI config
+    with another subnet does not explain its failure."""
+    outcome = outcomes_by_name(Silent())["pod to pod, same node"]
+    text = recorded(pods="bash-worker-1\n",
+                    conflist=CONFLIST.replace("10.244.1.0/24", "10.244.255.0/24"))
+    cause = likely_cause(outcome, worker_1_facts(text), {n.name: True for n in PLAN.nodes})
+    assert "default route" not in cause and "mismatch" not in cause
+
+
+def test_a_conntrack_rule_makes_one_way_rules_enough():
+    text = HEALTHY.replace(
+        '-A LAB-FWD -d 10.244.0.0/16 -m comment --comment "k8s-cni-lab: to pods" -j ACCEPT',
+        "-A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT")
+    assert parse_node_facts(text, "10.244.1.0/24", CLUSTER).forward_one_way == ""
