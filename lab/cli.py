@@ -6,6 +6,7 @@ import hashlib
 import os
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -15,7 +16,7 @@ from bootstrap.errors import LabError
 from bootstrap.verify.checks import Outcome
 from bootstrap.verify.report import FAIL, PASS, failure_lines, outcome_table, show_status
 from bootstrap.verify.status import read_status
-from lab import exercise, lifecycle, nodes, story
+from lab import exercise, lifecycle, nodes, picture, story
 from lab.lifecycle import LabOptions, LocalLab
 
 
@@ -28,8 +29,9 @@ def up(options: LabOptions, *, keep: bool, steps: bool, console: Console) -> int
         return 1
     try:
         with lab.ssh:
-            outcomes = _story(lab, console) if steps else _straight(lab, console)
+            outcomes, pictures = _story(lab, console) if steps else _straight(lab, console)
         console.log(f"lab {name}: up and checked in {time.monotonic() - started:.1f} s")
+        show_pictures(console, pictures)
         if keep:
             _print_how_to_explore(lab)
         return 0 if all(outcome.passed for outcome in outcomes) else 1
@@ -42,16 +44,16 @@ def up(options: LabOptions, *, keep: bool, steps: bool, console: Console) -> int
             console.log(f"lab {name}: removed")
 
 
-def _straight(lab: LocalLab, console: Console) -> Sequence[Outcome]:
+def _straight(lab: LocalLab, console: Console) -> tuple[Sequence[Outcome], list[Path]]:
     lifecycle.bootstrap(lab)
     lab.start_pods()
     outcomes, causes = lab.run_checks()
     console.print(outcome_table(outcomes, causes))
     print_failures(console, outcomes, causes)
-    return outcomes
+    return outcomes, draw_checks(lab, "checks", outcomes, causes, lab.routed())
 
 
-def _story(lab: LocalLab, console: Console) -> Sequence[Outcome]:
+def _story(lab: LocalLab, console: Console) -> tuple[Sequence[Outcome], list[Path]]:
     stages = story.replay(lab)
     console.print(story_table([(stage.title, stage.outcomes) for stage in stages]))
     for stage in stages:  # why each FAIL failed, stage by stage
@@ -61,7 +63,31 @@ def _story(lab: LocalLab, console: Console) -> Sequence[Outcome]:
                 console.print(f"  {name}: {cause}")
     final = stages[-1]
     print_failures(console, final.outcomes, final.causes)
-    return final.outcomes
+    pictures = [file for stage in stages
+                for file in draw_checks(lab, f"checks-{stage.slug}", stage.outcomes,
+                                        stage.causes, stage.routed)]
+    return final.outcomes, pictures
+
+
+def draw_checks(lab: LocalLab, what: str, outcomes: Sequence[Outcome],
+                causes: Mapping[str, str], routed: Mapping[str, bool]) -> list[Path]:
+    """The topology with each check's path, as out/<lab>/<what>.svg (and .png); a missing
+    or failing `dot` costs the picture only, with a note."""
+    paths = picture.check_paths(lab.layout, lab.pods, outcomes, causes)
+    try:
+        return picture.render(lab.layout, lab.pods, paths,
+                              picture.picture_stem(lab.layout.lab, what), routed=routed)
+    except picture.PictureError as error:
+        lab.console.print(f"[yellow]no picture of the checks:[/] {error}", soft_wrap=True)
+        return []
+
+
+def show_pictures(console: Console, files: Sequence[Path]) -> None:
+    if files:
+        shown = [str(file.relative_to(Path.cwd())) if file.is_relative_to(Path.cwd())
+                 else str(file) for file in files]
+        console.print("The checks, drawn (open in a browser or image viewer): "
+                      + ", ".join(shown), soft_wrap=True)
 
 
 def _print_how_to_explore(lab: LocalLab) -> None:
@@ -103,11 +129,15 @@ def check(name: str, console: Console) -> int:
         if record:
             exercise.refresh_pods(lab)
         outcomes, causes = lab.run_checks()
+        pictures = draw_checks(lab, "checks", outcomes, {} if record else causes,
+                               lab.routed())
         if record:
             console.print(outcome_table(outcomes, {}))
+            show_pictures(console, pictures)
             return 0 if exercise.verdict(lab, record, outcomes, console) else 1
     console.print(outcome_table(outcomes, causes))
     print_failures(console, outcomes, causes)
+    show_pictures(console, pictures)
     return 0 if all(outcome.passed for outcome in outcomes) else 1
 
 

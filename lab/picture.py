@@ -278,7 +278,7 @@ def _legend(paths: Sequence[DrawnPath]) -> str:
         verdict = "pass" if path.passed else "FAIL"
         note = (f'<FONT COLOR="{FAILED_COLOUR}">{_wrapped(path.reason)}</FONT>'
                 if path.reason else "")
-        rows.append(f'<TR><TD><FONT COLOR="{colour}"><B>{number}</B></FONT></TD>'
+        rows.append(f'<TR><TD ALIGN="RIGHT"><FONT COLOR="{colour}"><B>{number}</B></FONT></TD>'
                     f'<TD ALIGN="LEFT"><FONT COLOR="{colour}"><B>{verdict}</B></FONT> '
                     f"{_escape(path.label)}</TD>"
                     f'<TD ALIGN="LEFT" BALIGN="LEFT">{note}</TD></TR>')

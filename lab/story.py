@@ -11,6 +11,7 @@ failure into a pass:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from bootstrap import node_network
@@ -25,6 +26,12 @@ class Stage:
     title: str
     outcomes: list[Outcome]
     causes: dict[str, str]
+    routed: dict[str, bool]  # which nodes' pod routes the VPC router held
+
+    @property
+    def slug(self) -> str:
+        """The title as a file name: "2 +FORWARD" -> "2-forward"."""
+        return "-".join(re.findall(r"[a-z0-9]+", self.title.lower()))
 
 
 def apply_forward_rules(lab: LocalLab, node: RemoteNode) -> None:
@@ -39,7 +46,7 @@ def apply_forward_rules(lab: LocalLab, node: RemoteNode) -> None:
 def _checks(lab: LocalLab, title: str) -> Stage:
     outcomes, causes = lab.run_checks()
     lab.console.log(f"{title}: {sum(o.passed for o in outcomes)}/{len(outcomes)} as expected")
-    return Stage(title, outcomes, causes)
+    return Stage(title, outcomes, causes, lab.routed())
 
 
 def replay(lab: LocalLab) -> list[Stage]:
