@@ -65,29 +65,33 @@ def _story(lab: LocalLab, console: Console) -> tuple[Sequence[Outcome], list[Pat
     print_failures(console, final.outcomes, final.causes)
     pictures = [file for stage in stages
                 for file in draw_checks(lab, f"checks-{stage.slug}", stage.outcomes,
-                                        stage.causes, stage.routed)]
+                                        stage.causes, stage.routed, title=stage.title)]
     return final.outcomes, pictures
 
 
 def draw_checks(lab: LocalLab, what: str, outcomes: Sequence[Outcome],
-                causes: Mapping[str, str], routed: Mapping[str, bool]) -> list[Path]:
+                causes: Mapping[str, str], routed: Mapping[str, bool],
+                title: str = "the checks") -> list[Path]:
     """The topology with each check's path, as out/<lab>/<what>.svg (and .png); a missing
     or failing `dot` costs the picture only, with a note."""
     paths = picture.check_paths(lab.layout, lab.pods, outcomes, causes)
     try:
         return picture.render(lab.layout, lab.pods, paths,
-                              picture.picture_stem(lab.layout.lab, what), routed=routed)
+                              picture.picture_stem(lab.layout.lab, what), routed=routed,
+                              title=title)
     except picture.PictureError as error:
         lab.console.print(f"[yellow]no picture of the checks:[/] {error}", soft_wrap=True)
         return []
 
 
 def show_pictures(console: Console, files: Sequence[Path]) -> None:
-    if files:
-        shown = [str(file.relative_to(Path.cwd())) if file.is_relative_to(Path.cwd())
-                 else str(file) for file in files]
-        console.print("The checks, drawn (open in a browser or image viewer): "
-                      + ", ".join(shown), soft_wrap=True)
+    """Where the pictures are: each SVG (open it in a browser), and the PNGs beside them."""
+    here = Path.cwd()
+    svgs = [str(file.relative_to(here)) if file.is_relative_to(here) else str(file)
+            for file in files if file.suffix == ".svg"]
+    if svgs:
+        pngs = " (and a .png beside each)" if any(f.suffix == ".png" for f in files) else ""
+        console.print(f"The checks, drawn: {', '.join(svgs)}{pngs}", soft_wrap=True)
 
 
 def _print_how_to_explore(lab: LocalLab) -> None:

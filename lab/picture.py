@@ -193,9 +193,10 @@ def _stop_marks(paths: Sequence[DrawnPath]) -> dict[str, list[str]]:
 
 
 def graph(layout: Layout, pods: Sequence[PodInfo], paths: Sequence[DrawnPath],
-          routed: Mapping[str, bool] | None = None) -> graphviz.Digraph:
-    """The topology, the paths on it and their legend. `routed`, when given, says which
-    nodes' pod routes the router's table really holds (a missing one is marked)."""
+          routed: Mapping[str, bool] | None = None, title: str = "") -> graphviz.Digraph:
+    """The topology, the paths on it and their legend, under "lab <name>: <title>".
+    `routed`, when given, says which nodes' pod routes the router's table really holds (a
+    missing one is marked)."""
     known = set(element_ids(layout, pods))
     for path in paths:
         unknown = [hop for hop in (*path.hops, path.stopped_at) if hop and hop not in known]
@@ -204,7 +205,8 @@ def graph(layout: Layout, pods: Sequence[PodInfo], paths: Sequence[DrawnPath],
     stops = _stop_marks(paths)
     dot = graphviz.Digraph(f"lab {layout.lab}", graph_attr={
         "rankdir": "LR", "ranksep": "0.9", "nodesep": "0.25", "fontname": "Helvetica",
-        "label": f"lab {layout.lab}", "labelloc": "t", "labeljust": "l"})
+        "label": f"lab {layout.lab}" + (f": {title}" if title else ""),
+        "labelloc": "t", "labeljust": "l"})
     dot.attr("node", shape="box", style="rounded,filled", fillcolor="white",
              fontname="Helvetica", fontsize="11", margin="0.08,0.04")
     dot.attr("edge", fontname="Helvetica", fontsize="10")
@@ -289,10 +291,10 @@ def _legend(paths: Sequence[DrawnPath]) -> str:
 # -- drawing (runs dot) --------------------------------------------------------------------
 
 def render(layout: Layout, pods: Sequence[PodInfo], paths: Sequence[DrawnPath], stem: Path,
-           *, routed: Mapping[str, bool] | None = None) -> list[Path]:
+           *, routed: Mapping[str, bool] | None = None, title: str = "") -> list[Path]:
     """Write stem.svg, and stem.png when this `dot` can draw PNG, in one run of dot (one
     layout); returns the files written."""
-    source = graph(layout, pods, paths, routed).source
+    source = graph(layout, pods, paths, routed, title).source
     stem.parent.mkdir(parents=True, exist_ok=True)
     svg, png = stem.with_suffix(".svg"), stem.with_suffix(".png")
     try:
