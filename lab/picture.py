@@ -42,7 +42,7 @@ class PictureError(Exception):
 class DrawnPath:
     label: str  # "pod to pod, across nodes" or "trace bash-worker-1 -> nginx-worker-2"
     hops: tuple[str, ...]  # element ids, in the order the packet passed them
-    passed: bool  # as expected (green) or not (red)
+    passed: bool  # arrived, or as a check expects (green); or not (red)
     stopped_at: str | None = None  # the element id of the hop where it stopped
     reason: str = ""  # why it stopped (or failed), shown at the stop mark and in the legend
     must_not_arrive: bool = False  # a check that passes when nothing arrives: drawn dashed
@@ -202,7 +202,6 @@ def graph(layout: Layout, pods: Sequence[PodInfo], paths: Sequence[DrawnPath],
         unknown = [hop for hop in (*path.hops, path.stopped_at) if hop and hop not in known]
         if unknown:
             raise ValueError(f"path {path.label!r} names hops not in the lab: {unknown}")
-    stops = _stop_marks(paths)
     dot = graphviz.Digraph(f"lab {layout.lab}", graph_attr={
         "rankdir": "LR", "ranksep": "0.9", "nodesep": "0.25", "fontname": "Helvetica",
         "label": f"lab {layout.lab}" + (f": {title}" if title else ""),
@@ -210,8 +209,17 @@ def graph(layout: Layout, pods: Sequence[PodInfo], paths: Sequence[DrawnPath],
     dot.attr("node", shape="box", style="rounded,filled", fillcolor="white",
              fontname="Helvetica", fontsize="11", margin="0.08,0.04")
     dot.attr("edge", fontname="Helvetica", fontsize="10")
-    boxes = _boxes(layout, pods, routed)
+    _add_boxes(dot, layout, pods, _boxes(layout, pods, routed), _stop_marks(paths))
+    _links(dot, layout, pods)
+    _path_edges(dot, layout, pods, paths)
+    if paths:
+        dot.node("legend", _legend(paths), shape="plaintext", style="")
+    return dot
 
+
+def _add_boxes(dot: graphviz.Digraph, layout: Layout, pods: Sequence[PodInfo],
+               boxes: Mapping[str, _Box], stops: Mapping[str, list[str]]) -> None:
+    """The boxes, the VPC's and each node's framed together; a stopping hop in red."""
     def add(target: graphviz.Digraph, element: str) -> None:
         marked = stops.get(element, [])
         stop_style = {"color": FAILED_COLOUR, "penwidth": "3", "fillcolor": STOP_FILL}
@@ -225,18 +233,14 @@ def graph(layout: Layout, pods: Sequence[PodInfo], paths: Sequence[DrawnPath],
                  color=LINK_COLOUR, fontname="Helvetica")
         add(vpc, ROUTER)
         for node in reversed(layout.nodes):  # dot stacks a rank's boxes bottom-up in LR
-            with vpc.subgraph(name=f"cluster_{node.name}") as box:
-                box.attr(label=f"{node.planned.role} {node.name} (namespace {node.namespace})",
-                         style="rounded", color=LINK_COLOUR, fontsize="10")
-                add(box, f"node:{node.name}")
-                add(box, f"bridge:{node.name}")
+            with vpc.subgraph(name=f"cluster_{node.name}") as frame:
+                frame.attr(label=f"{node.planned.role} {node.name} (namespace "
+                                 f"{node.namespace})",
+                           style="rounded", color=LINK_COLOUR, fontsize="10")
+                add(frame, f"node:{node.name}")
+                add(frame, f"bridge:{node.name}")
                 for pod in (pod for pod in pods if pod.node == node.name):
-                    add(box, f"pod:{pod.name}")
-    _links(dot, layout, pods)
-    _path_edges(dot, layout, pods, paths)
-    if paths:
-        dot.node("legend", _legend(paths), shape="plaintext", style="")
-    return dot
+                    add(frame, f"pod:{pod.name}")
 
 
 def _links(dot: graphviz.Digraph, layout: Layout, pods: Sequence[PodInfo]) -> None:
@@ -273,8 +277,9 @@ def _path_edges(dot: graphviz.Digraph, layout: Layout, pods: Sequence[PodInfo],
 
 
 def _legend(paths: Sequence[DrawnPath]) -> str:
-    rows = ['<TR><TD COLSPAN="3" ALIGN="LEFT"><B>paths</B> (green: as expected, red: not; '
-            "dashed: must not arrive)</TD></TR>"]
+    # The key spans the number and label columns only, so it never widens the numbers'.
+    rows = [f'<TR><TD COLSPAN="2" ALIGN="LEFT">{key}</TD><TD></TD></TR>'
+            for key in ("<B>paths</B>: green as expected, red not;", "dashed: must not arrive")]
     for number, path in enumerate(paths, 1):
         colour = PASSED_COLOUR if path.passed else FAILED_COLOUR
         verdict = "pass" if path.passed else "FAIL"
@@ -284,7 +289,7 @@ def _legend(paths: Sequence[DrawnPath]) -> str:
                     f'<TD ALIGN="LEFT"><FONT COLOR="{colour}"><B>{verdict}</B></FONT> '
                     f"{_escape(path.label)}</TD>"
                     f'<TD ALIGN="LEFT" BALIGN="LEFT">{note}</TD></TR>')
-    return ('<<TABLE BORDER="1" CELLBORDER="0" CELLSPACING="2" COLOR="#8c959f">'
+    return ('<<TABLE BORDER="1" CELLBORDER="0" CELLSPACING="2" COLOR="{LINK_COLOUR}">'
             f'{"".join(rows)}</TABLE>>')
 
 
