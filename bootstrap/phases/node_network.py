@@ -13,7 +13,7 @@ from bootstrap.node_network import (
 )
 from bootstrap.node_network_apply import NO_CHANGES_LINE
 from bootstrap.phases.context import LocalContext
-from bootstrap.phases.workflow import Phase, log_noop, log_step
+from bootstrap.phases.workflow import Phase, log_files, log_noop, log_step
 from bootstrap.remote import RemoteNode
 from bootstrap.remote_files import DesiredFile, ensure_files
 from infra.plan import Plan
@@ -44,9 +44,8 @@ def node_network_files(plan: Plan, node_name: str) -> list[DesiredFile]:
 
 
 def configure_node_network(node: RemoteNode, plan: Plan) -> None:
-    written, _ = ensure_files(node, node_network_files(plan, node.name))
-    for path in written:
-        log_step(NAME, node.name, f"installed {path}")
+    written, current = ensure_files(node, node_network_files(plan, node.name))
+    log_files(NAME, node.name, written, current)
     # The applier shows each command it runs and ends with NO_CHANGES_LINE if there was none.
     applied = node.run(BOOT_COMMAND, timeout=SETUP_TIMEOUT)
     if applied.output.rstrip("\n").endswith(NO_CHANGES_LINE):
