@@ -14,6 +14,7 @@ from rich.table import Table
 from bootstrap.cni.install import plugin_files
 from bootstrap.errors import LabError
 from bootstrap.verify.checks import Outcome
+from bootstrap.verify.diagnose import VpcFacts
 from bootstrap.verify.report import FAIL, PASS, failure_lines, outcome_table, show_status
 from bootstrap.verify.status import read_status
 from lab import exercise, lifecycle, nodes, picture, story
@@ -50,7 +51,7 @@ def _straight(lab: LocalLab, console: Console) -> tuple[Sequence[Outcome], list[
     outcomes, causes = lab.run_checks()
     console.print(outcome_table(outcomes, causes))
     print_failures(console, outcomes, causes)
-    return outcomes, draw_checks(lab, "checks", outcomes, causes, lab.routed())
+    return outcomes, draw_checks(lab, "checks", outcomes, causes, lab.vpc_facts())
 
 
 def _story(lab: LocalLab, console: Console) -> tuple[Sequence[Outcome], list[Path]]:
@@ -65,19 +66,19 @@ def _story(lab: LocalLab, console: Console) -> tuple[Sequence[Outcome], list[Pat
     print_failures(console, final.outcomes, final.causes)
     pictures = [file for stage in stages
                 for file in draw_checks(lab, f"checks-{stage.slug}", stage.outcomes,
-                                        stage.causes, stage.routed, title=stage.title)]
+                                        stage.causes, stage.vpc, title=stage.title)]
     return final.outcomes, pictures
 
 
 def draw_checks(lab: LocalLab, what: str, outcomes: Sequence[Outcome],
-                causes: Mapping[str, str], routed: Mapping[str, bool],
+                causes: Mapping[str, str], vpc: VpcFacts,
                 title: str = "the checks") -> list[Path]:
     """The topology with each check's path, as out/<lab>/<what>.svg (and .png); a missing
     or failing `dot` costs the picture only, with a note."""
     paths = picture.check_paths(lab.layout, lab.pods, outcomes, causes)
     try:
         return picture.render(lab.layout, lab.pods, paths,
-                              picture.picture_stem(lab.layout.lab, what), routed=routed,
+                              picture.picture_stem(lab.layout.lab, what), vpc=vpc,
                               title=title)
     except picture.PictureError as error:
         lab.console.print(f"[yellow]no picture of the checks:[/] {error}", soft_wrap=True)
@@ -90,7 +91,8 @@ def show_pictures(console: Console, files: Sequence[Path]) -> None:
     svgs = [str(file.relative_to(here)) if file.is_relative_to(here) else str(file)
             for file in files if file.suffix == ".svg"]
     if svgs:
-        pngs = " (and a .png beside each)" if any(f.suffix == ".png" for f in files) else ""
+        beside = "each" if len(svgs) > 1 else "it"
+        pngs = f" (and a .png beside {beside})" if any(f.suffix == ".png" for f in files) else ""
         console.print(f"The checks, drawn: {', '.join(svgs)}{pngs}", soft_wrap=True)
 
 
@@ -133,8 +135,9 @@ def check(name: str, console: Console) -> int:
         if record:
             exercise.refresh_pods(lab)
         outcomes, causes = lab.run_checks()
+        # With an exercise open, the picture hides the causes too: the boxes show the plan.
         pictures = draw_checks(lab, "checks", outcomes, {} if record else causes,
-                               lab.routed())
+                               VpcFacts() if record else lab.vpc_facts())
         if record:
             console.print(outcome_table(outcomes, {}))
             show_pictures(console, pictures)

@@ -23,6 +23,7 @@ from pathlib import Path
 import graphviz
 
 from bootstrap.verify.checks import Check, Endpoint, Outcome, PodInfo
+from bootstrap.verify.diagnose import VpcFacts
 from lab.layout import IGW_INTERNET_SIDE, INTERNET_HOST, Layout, router_igw_addresses
 
 INTERNET, IGW, ROUTER = "internet", "igw", "router"
@@ -152,14 +153,14 @@ def _wrapped(text: str) -> str:
     return "<BR/>".join(_escape(line) for line in textwrap.wrap(text, REASON_WIDTH))
 
 
-def _boxes(layout: Layout, pods: Sequence[PodInfo],
-           routed: Mapping[str, bool] | None) -> dict[str, _Box]:
-    """Each element's box: its name and addresses."""
+def _boxes(layout: Layout, pods: Sequence[PodInfo], vpc: VpcFacts) -> dict[str, _Box]:
+    """Each element's box: its name, its addresses, and what the VPC does differently from
+    the plan (a pod route missing, a node's source/destination check on)."""
     router_side, igw_side = router_igw_addresses()
     nat = [f"1:1 NAT {node.planned.private_ip} = {node.public_ip}" for node in layout.nodes]
     routes = {node.name: f"{node.planned.pod_cidr} via {node.planned.private_ip}"
               for node in layout.nodes}
-    missing = {name for name, present in (routed or {}).items() if not present}
+    missing = {name for name, present in vpc.routed.items() if not present}
     boxes = {
         INTERNET: _Box("internet host", [f"{INTERNET_HOST.ip}"]),
         IGW: _Box("internet gateway", [f"wan {IGW_INTERNET_SIDE}", f"vpc {igw_side}", *nat]),
@@ -173,8 +174,9 @@ def _boxes(layout: Layout, pods: Sequence[PodInfo],
     prefix = layout.plan.subnet.prefixlen
     for node in layout.nodes:
         planned = node.planned
-        boxes[f"node:{node.name}"] = _Box(node.name, [f"eth0 {planned.private_ip}/{prefix}",
-                                                      f"public {node.public_ip}"])
+        boxes[f"node:{node.name}"] = _Box(
+            node.name, [f"eth0 {planned.private_ip}/{prefix}", f"public {node.public_ip}"],
+            ["source/dest check on"] if vpc.source_dest_check.get(node.name) else [])
         boxes[f"bridge:{node.name}"] = _Box("cni0", [
             f"{planned.gateway}/{planned.pod_cidr.prefixlen}", f"pods {planned.pod_cidr}"])
     for pod in pods:
@@ -193,10 +195,10 @@ def _stop_marks(paths: Sequence[DrawnPath]) -> dict[str, list[str]]:
 
 
 def graph(layout: Layout, pods: Sequence[PodInfo], paths: Sequence[DrawnPath],
-          routed: Mapping[str, bool] | None = None, title: str = "") -> graphviz.Digraph:
-    """The topology, the paths on it and their legend, under "lab <name>: <title>".
-    `routed`, when given, says which nodes' pod routes the router's table really holds (a
-    missing one is marked)."""
+          vpc: VpcFacts | None = None, title: str = "") -> graphviz.Digraph:
+    """The topology, the paths on it and their legend, under "lab <name>: <title>". `vpc`,
+    when given, is what the router really does: a missing pod route or a source/destination
+    check is marked in red (without it, the boxes show the plan)."""
     known = set(element_ids(layout, pods))
     for path in paths:
         unknown = [hop for hop in (*path.hops, path.stopped_at) if hop and hop not in known]
@@ -209,7 +211,7 @@ def graph(layout: Layout, pods: Sequence[PodInfo], paths: Sequence[DrawnPath],
     dot.attr("node", shape="box", style="rounded,filled", fillcolor="white",
              fontname="Helvetica", fontsize="11", margin="0.08,0.04")
     dot.attr("edge", fontname="Helvetica", fontsize="10")
-    _add_boxes(dot, layout, pods, _boxes(layout, pods, routed), _stop_marks(paths))
+    _add_boxes(dot, layout, pods, _boxes(layout, pods, vpc or VpcFacts()), _stop_marks(paths))
     _links(dot, layout, pods)
     _path_edges(dot, layout, pods, paths)
     if paths:
@@ -296,10 +298,10 @@ def _legend(paths: Sequence[DrawnPath]) -> str:
 # -- drawing (runs dot) --------------------------------------------------------------------
 
 def render(layout: Layout, pods: Sequence[PodInfo], paths: Sequence[DrawnPath], stem: Path,
-           *, routed: Mapping[str, bool] | None = None, title: str = "") -> list[Path]:
+           *, vpc: VpcFacts | None = None, title: str = "") -> list[Path]:
     """Write stem.svg, and stem.png when this `dot` can draw PNG, in one run of dot (one
     layout); returns the files written."""
-    source = graph(layout, pods, paths, routed, title).source
+    source = graph(layout, pods, paths, vpc, title).source
     stem.parent.mkdir(parents=True, exist_ok=True)
     svg, png = stem.with_suffix(".svg"), stem.with_suffix(".png")
     try:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from bootstrap import node_network
 from bootstrap.remote import RemoteNode
 from bootstrap.verify.checks import Outcome
+from bootstrap.verify.diagnose import VpcFacts
 from lab import network
 from lab.lifecycle import LocalLab, bootstrap
 
@@ -28,7 +29,7 @@ class Stage:
     title: str
     outcomes: list[Outcome]
     causes: dict[str, str]
-    routed: dict[str, bool]  # which nodes' pod routes the VPC router held
+    vpc: VpcFacts  # what the VPC router did at this stage
 
     @property
     def slug(self) -> str:
@@ -48,7 +49,7 @@ def apply_forward_rules(lab: LocalLab, node: RemoteNode) -> None:
 def _checks(lab: LocalLab, title: str) -> Stage:
     outcomes, causes = lab.run_checks()
     lab.console.log(f"{title}: {sum(o.passed for o in outcomes)}/{len(outcomes)} as expected")
-    return Stage(title, outcomes, causes, lab.routed())
+    return Stage(title, outcomes, causes, lab.vpc_facts())
 
 
 def replay(lab: LocalLab) -> list[Stage]:

@@ -237,7 +237,7 @@ def test_the_story_turns_each_failure_into_a_pass():
         across,
         [],
     ]
-    assert [set(stage.routed.values()) for stage in stages] == [{False}] * 3 + [{True}]
+    assert [set(stage.vpc.routed.values()) for stage in stages] == [{False}] * 3 + [{True}]
     assert "FORWARD dropped on worker-1" in stages[0].causes["pod to pod, same node"]
     assert "no NAT on worker-1" in stages[1].causes["pod to internet"]
     assert "no route" in stages[2].causes["pod to pod, across nodes"]

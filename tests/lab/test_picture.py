@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from bootstrap.verify.checks import Check, Endpoint, Outcome, PodInfo, ProbeResult, lab_checks
+from bootstrap.verify.diagnose import VpcFacts
 from infra.plan import Settings, make_plan
 from lab import picture
 from lab.layout import INTERNET_ECHO_PORT, INTERNET_HOST, Layout, make_layout
@@ -156,10 +157,14 @@ def test_the_stopping_hop_is_marked_in_red_with_the_reason_and_no_other_is():
     assert len(edges(source)) == len(lab.nodes) * 2 + len(PODS) + 2 + 3  # wires, then hops
 
 
-def test_a_route_missing_from_the_router_is_shown_in_red():
-    source = picture.graph(layout(), PODS, [],
-                           routed={"master": True, "worker-1": True, "worker-2": False}).source
+def test_a_route_missing_from_the_router_and_a_source_dest_check_are_shown_in_red():
+    vpc = VpcFacts(routed={"master": True, "worker-1": True, "worker-2": False},
+                   source_dest_check={"worker-1": True, "worker-2": False})
+    source = picture.graph(layout(), PODS, [], vpc).source
     assert "missing: 10.244.2.0/24 via 10.0.1.12" in source
+    assert source.count("source/dest check on") == 1
+    worker_1 = next(line for line in source.splitlines() if "node.worker-1\" [" in line)
+    assert "source/dest check on" in worker_1
     assert "10.244.1.0/24 via 10.0.1.11</TD>" in source
     assert "legend" not in source  # no paths, no legend
 
@@ -202,7 +207,7 @@ def test_without_dot_render_says_how_to_install_it(tmp_path, monkeypatch):
 
 
 def test_the_pictures_of_the_story_are_named_after_its_stages():
-    slugs = [Stage(title, [], {}, {}).slug for title in
+    slugs = [Stage(title, [], {}, VpcFacts()).slug for title in
              ["1 bridge only", "2 +FORWARD", "3 +NAT", "4 +routes"]]
     assert slugs == ["1-bridge-only", "2-forward", "3-nat", "4-routes"]
     assert all(re.fullmatch(r"[a-z0-9-]+", slug) for slug in slugs)
