@@ -291,7 +291,7 @@ def _legend(paths: Sequence[DrawnPath]) -> str:
                     f'<TD ALIGN="LEFT"><FONT COLOR="{colour}"><B>{verdict}</B></FONT> '
                     f"{_escape(path.label)}</TD>"
                     f'<TD ALIGN="LEFT" BALIGN="LEFT">{note}</TD></TR>')
-    return ('<<TABLE BORDER="1" CELLBORDER="0" CELLSPACING="2" COLOR="{LINK_COLOUR}">'
+    return (f'<<TABLE BORDER="1" CELLBORDER="0" CELLSPACING="2" COLOR="{LINK_COLOUR}">'
             f'{"".join(rows)}</TABLE>>')
 
 

@@ -216,3 +216,14 @@ def test_the_pictures_of_the_story_are_named_after_its_stages():
 def test_pictures_go_to_the_checkouts_out_directory_per_lab():
     assert picture.picture_stem("k8slab", "checks") == (
         Path(picture.__file__).resolve().parents[1] / "out" / "k8slab" / "checks")
+
+
+def test_dot_reads_the_whole_graph_without_a_warning():
+    lab = layout()
+    drawn = [*picture.check_paths(lab, PODS, outcomes(lab, {"node to pod"}), {"node to pod": "x"}),
+             DrawnPath("trace", ("internet", "igw"), False, "igw", "dropped & <gone>")]
+    source = picture.graph(lab, PODS, drawn, VpcFacts({"worker-2": False}, {"master": True}),
+                           title="all of it").source
+    done = subprocess.run(["dot", "-Tsvg", "-o/dev/null"], input=source, capture_output=True,
+                          text=True, check=False)
+    assert (done.returncode, done.stderr) == (0, "")
