@@ -237,7 +237,10 @@ def test_the_story_turns_each_failure_into_a_pass():
         across,
         [],
     ]
-    assert [set(stage.vpc.routed.values()) for stage in stages] == [{False}] * 3 + [{True}]
+    # What each stage's picture shows of the VPC: routes from stage 4, checks off at 5.
+    assert [set(stage.vpc.routed.values()) for stage in stages] == [{False}] * 3 + [{True}] * 2
+    assert stages[3].vpc.source_dest_check["worker-1"]
+    assert set(stages[4].vpc.source_dest_check.values()) == {False}
     assert "FORWARD dropped on worker-1" in stages[0].causes["pod to pod, same node"]
     assert "no NAT on worker-1" in stages[1].causes["pod to internet"]
     assert "no route" in stages[2].causes["pod to pod, across nodes"]

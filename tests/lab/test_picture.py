@@ -208,8 +208,8 @@ def test_without_dot_render_says_how_to_install_it(tmp_path, monkeypatch):
 
 def test_the_pictures_of_the_story_are_named_after_its_stages():
     slugs = [Stage(title, [], {}, VpcFacts()).slug for title in
-             ["1 bridge only", "2 +FORWARD", "3 +NAT", "4 +routes"]]
-    assert slugs == ["1-bridge-only", "2-forward", "3-nat", "4-routes"]
+             ["1 bridge only", "2 +FORWARD", "3 +NAT", "4 +routes", "5 -src/dst check"]]
+    assert slugs == ["1-bridge-only", "2-forward", "3-nat", "4-routes", "5-src-dst-check"]
     assert all(re.fullmatch(r"[a-z0-9-]+", slug) for slug in slugs)
 
 
