@@ -3,18 +3,23 @@ and that graph drawn by the real `dot` into SVG and PNG (no root needed)."""
 
 from __future__ import annotations
 
+import io
 import re
 import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
+from rich.console import Console
 
 from bootstrap.verify.checks import Check, Endpoint, Outcome, PodInfo, ProbeResult, lab_checks
 from bootstrap.verify.diagnose import VpcFacts
 from infra.plan import Settings, make_plan
-from lab import picture
+from lab import cli, picture
 from lab.layout import INTERNET_ECHO_PORT, INTERNET_HOST, Layout, make_layout
+from lab.lifecycle import LocalLab
 from lab.picture import DrawnPath
 from lab.story import Stage
 
@@ -227,3 +232,19 @@ def test_dot_reads_the_whole_graph_without_a_warning():
     done = subprocess.run(["dot", "-Tsvg", "-o/dev/null"], input=source, capture_output=True,
                           text=True, check=False)
     assert (done.returncode, done.stderr) == (0, "")
+
+
+def test_make_lab_draws_the_checks_or_says_in_one_line_why_not(tmp_path, monkeypatch):
+    """cli.draw_checks reads only the lab's layout, pods and console: a plain stand-in."""
+    out = io.StringIO()
+    lab = cast(LocalLab, SimpleNamespace(layout=layout(), pods=PODS,
+                                         console=Console(file=out, width=80)))
+    monkeypatch.setattr(picture, "OUTPUT_DIR", tmp_path)
+    files = cli.draw_checks(lab, "checks", outcomes(lab.layout, set()), {}, VpcFacts())
+    assert files[0] == tmp_path / "pic" / "checks.svg" and files[0].exists()
+    cli.show_pictures(lab.console, files)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert cli.draw_checks(lab, "checks", outcomes(lab.layout, set()), {}, VpcFacts()) == []
+    shown = out.getvalue()
+    assert f"The checks, drawn: {files[0]}" in shown
+    assert shown.count("no picture of the checks: cannot run Graphviz's dot") == 1
