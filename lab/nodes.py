@@ -12,6 +12,7 @@ import shlex
 import shutil
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +67,16 @@ def lab_dir(lab: str) -> Path:
 
 def node_dir(lab: str, node: str) -> Path:
     return lab_dir(lab) / "nodes" / node
+
+
+def enter_argv(lab: str, node: str, pod: str | None, command: Sequence[str]) -> list[str]:
+    """The command in a node's namespaces (net, mount, hostname), or in one of its pods'."""
+    pid_file = node_dir(lab, node) / "sshd.pid"
+    if not pid_file.exists():
+        raise LabError(f"no node {node} in a lab named {lab} that is up: start one with "
+                       "`make lab KEEP=1`, or name a node of it")
+    argv = ["nsenter", "-t", pid_file.read_text().strip(), "-m", "-u", "-n"]
+    return argv + (["ip", "netns", "exec", pod] if pod else []) + list(command)
 
 
 def upper_dir(lab: str, node: str, path: str) -> Path:
