@@ -84,10 +84,11 @@ def add_pod_verbs(verbs: argparse._SubParsersAction) -> None:
     run.add_argument("--node", help="where it runs (default: the first worker, worker-1)")
     execute = verbs.add_parser("exec", help="run a command in a pod (a shell if none)",
                                usage="python -m lab exec POD [-- COMMAND ...]")
-    execute.add_argument("pod")
-    execute.add_argument("command", nargs=argparse.REMAINDER)
+    execute.add_argument("pod", help="its name (pods lists them); its node is found for you")
+    execute.add_argument("command", nargs=argparse.REMAINDER,
+                         help="the command and its arguments, after --")
     delete = verbs.add_parser("delete", help="remove a pod (CNI DEL)")
-    delete.add_argument("pod")
+    delete.add_argument("pod", help="its name (pods lists them)")
 
 
 def phase_list(value: str) -> list[str]:
