@@ -274,7 +274,7 @@ def attach(name: str, console: Console, *, deadline: float = 10.0) -> LocalLab:
         state = json.loads((directory / STATE_FILE).read_text())
         private_key = (directory / CLIENT_KEY_FILE).read_text()
     except FileNotFoundError:
-        raise LabError(f"no lab named {name} is up: start one with `make lab KEEP=1`") from None
+        raise nodes.lab_not_up(name) from None
     layout = make_layout(make_plan(Settings(node_count=state["nodeCount"])), name)
     lab = _connect(layout, state["hostKeys"], private_key, state["user"], console, deadline)
     lab.pods = [PodInfo(**pod) for pod in state["pods"]]

@@ -183,14 +183,14 @@ def test_pods_are_run_listed_used_and_deleted_as_with_kubectl(running_lab, capfd
     name = running_lab.layout.lab
     worker = running_lab.ssh.node("worker-1")
 
-    def lab(*args: str) -> tuple[int, str]:
-        code = lab_main(["--name", name, *args])
+    def lab(*args: str, on: str = name) -> tuple[int, str]:
+        code = lab_main(["--name", on, *args])
         out, err = capfd.readouterr()
         assert "Traceback" not in out + err
         return code, out + err
 
-    def refused(*args: str) -> str:
-        code, out = lab(*args)
+    def refused(*args: str, on: str = name) -> str:
+        code, out = lab(*args, on=on)
         assert code == 1 and out.count("\n") == 1, out
         return out
 
@@ -216,7 +216,8 @@ def test_pods_are_run_listed_used_and_deleted_as_with_kubectl(running_lab, capfd
         assert "no node 'worker-9'" in refused("run", "web-y", "--node", "worker-9")
         assert "no pod named 'nope'" in refused("exec", "nope", "--", "true")
         assert "no pod named 'nope'" in refused("delete", "nope")
-        assert "no lab named nolab is up" in lab_main_refused(capfd, "nolab", "pods")
+        absent = lab_name()
+        assert f"no lab named {absent} is up" in refused("pods", on=absent)
 
         before = worker.run(reserved, timeout=30, quiet=True).output
         worker.put_files([("/opt/cni/bin/fail-add", FAILING_PLUGIN, 0o755),
@@ -242,13 +243,6 @@ def test_pods_are_run_listed_used_and_deleted_as_with_kubectl(running_lab, capfd
         worker.run("rm -f /opt/cni/bin/fail-add /etc/cni/net.d/00-fail.conflist", timeout=30)
         running_lab.pods = lifecycle.attach(name, Console(file=io.StringIO())).pods
     assert failures(running_lab) == {}
-
-
-def lab_main_refused(capfd: pytest.CaptureFixture[str], name: str, *args: str) -> str:
-    assert lab_main(["--name", name, *args]) == 1
-    out = capfd.readouterr().out
-    assert out.count("\n") == 1, out
-    return out
 
 
 def test_two_nodes_run_every_check_with_pods_on_the_control_plane():

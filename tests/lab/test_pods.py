@@ -14,7 +14,7 @@ from bootstrap.errors import LabError
 from bootstrap.verify.checks import PodInfo
 from bootstrap.verify.report import plain_text
 from infra.plan import Settings, make_plan
-from lab import pod_runtime
+from lab import nodes, pod_runtime
 from lab.__main__ import parse_args
 from lab.lifecycle import PodOnNode, missing_seed_pods
 from lab.pods import new_pod_problem, pod_state, pod_table, recorded_pod, role_of, seeds_first
@@ -105,6 +105,22 @@ def test_exec_takes_the_command_after_the_pod_with_or_without_a_double_dash():
     assert parse_args(["exec", "bash-worker-1"]).command == []  # a shell
     assert parse_args(["run", "web-2"]).node is None  # the first worker, chosen on the lab
     assert parse_args(["bootstrap", "node-network,cni"]).phases == ["node-network", "cni"]
+
+
+def test_exec_and_enter_reach_the_node_through_its_sshd_namespaces(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(nodes, "STATE_ROOT", tmp_path)
+    with pytest.raises(LabError, match=r"no lab named t1 is up: start one with `make lab KEEP"):
+        nodes.enter_argv("t1", "worker-1", None, ["bash"])
+    for node in ("worker-1", "master"):
+        nodes.node_dir("t1", node).mkdir(parents=True)
+    (nodes.node_dir("t1", "worker-1") / "sshd.pid").write_text("4242\n")
+    assert nodes.enter_argv("t1", "worker-1", "web-x", ["ping", "-c", "1", "10.244.2.4"]) == [
+        "nsenter", "-t", "4242", "-m", "-u", "-n", "ip", "netns", "exec", "web-x",
+        "ping", "-c", "1", "10.244.2.4"]
+    with pytest.raises(LabError, match=r"no node 'worker-9' in lab t1: pick one of master, "
+                                       r"worker-1$"):
+        nodes.enter_argv("t1", "worker-9", None, ["bash"])
 
 
 # -- the runtime stand-in, as far as it runs without root -----------------------------------
