@@ -71,6 +71,7 @@ def _print_how_to_explore(lab: LocalLab) -> None:
     lab.console.print(
         f"The lab is up. Enter a node: [bold]python -m lab --name {name} enter {node}[/]\n"
         f"Enter a pod:  [bold]python -m lab --name {name} enter {node} {pod}[/]\n"
+        f"Its pods:     [bold]python -m lab --name {name} pods[/] (and run, exec, delete)\n"
         f"Remove it:    [bold]make down[/] (or python -m lab --name {name} down)")
 
 

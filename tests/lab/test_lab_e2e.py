@@ -228,10 +228,15 @@ def test_pods_are_run_listed_used_and_deleted_as_with_kubectl(running_lab, capfd
         assert worker.run(reserved, timeout=30, quiet=True).output == before
         assert "doomed" not in pod_rows(lab("pods")[1])
 
+        on_worker_2 = running_lab.ssh.node("worker-2")
+        on_worker_2.run("kill $(ip netns pids web-x); while ip netns pids web-x | grep -q .; "
+                        "do sleep 0.05; done", timeout=30, quiet=True)  # its workload dies
+        code, out = lab("pods")
+        assert code == 1 and pod_rows(out)["web-x"] == ["stopped", address, "worker-2"]
+
         code, out = lab("delete", "web-x")
         assert code == 0 and out == "pod/web-x deleted from worker-2\n"
         assert "web-x" not in pod_rows(lab("pods")[1])
-        on_worker_2 = running_lab.ssh.node("worker-2")
         assert "web-x" not in on_worker_2.run("ip netns list", timeout=30, quiet=True).output
         assert address not in on_worker_2.run(reserved, timeout=30, quiet=True).output
 
