@@ -75,9 +75,9 @@ def lab_not_up(lab: str) -> LabError:
 
 def enter_argv(lab: str, node: str, pod: str | None, command: Sequence[str]) -> list[str]:
     """The command in a node's namespaces (net, mount, hostname), or in one of its pods'."""
-    pid_file = node_dir(lab, node) / "sshd.pid"
     if not lab_dir(lab).exists():
         raise lab_not_up(lab)
+    pid_file = node_dir(lab, node) / "sshd.pid"
     if not pid_file.exists():
         known = sorted(path.name for path in (lab_dir(lab) / "nodes").iterdir())
         raise LabError(f"no node {node!r} in lab {lab}: pick one of {', '.join(known)}")

@@ -63,6 +63,13 @@ def invoke(conflist: dict, plugin: dict, command: str, pod: dict, prev: dict | N
     return json.loads(output) if output.strip() else {}
 
 
+def name_problem(name: str) -> str | None:
+    if POD_NAME.match(name):
+        return None
+    return (f"{name!r} is not a pod name: use up to 63 lowercase letters, digits or '-', "
+            "starting and ending with a letter or digit (e.g. web-2)")
+
+
 def pod_record(name: str) -> dict:
     # containerd's sandbox IDs are 64 hex characters; derive one so a retry reuses it.
     return {"name": name, "id": hashlib.sha256(name.encode()).hexdigest(),
@@ -75,9 +82,9 @@ def state_file(name: str) -> Path:
 
 def run_pod(name: str, port: int) -> dict:
     """Like RunPodSandbox: on any failure, undo what was done (no netns, no address kept)."""
-    if not POD_NAME.match(name):
-        raise PodRuntimeError(f"{name!r} is not a pod name: up to 63 lowercase letters, digits "
-                              "or '-', starting and ending with a letter or digit")
+    problem = name_problem(name)
+    if problem:
+        raise PodRuntimeError(problem)
     pod = pod_record(name)
     if state_file(name).exists() or Path(pod["netns"]).exists():
         raise PodRuntimeError(f"a pod named {name} exists already on this node: stop it first")

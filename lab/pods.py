@@ -18,7 +18,7 @@ from bootstrap.verify.checks import PodInfo, Role, pod_hosts, seed_pods
 from infra.plan import Plan
 from lab import lifecycle, nodes
 from lab.lifecycle import PodOnNode
-from lab.pod_runtime import POD_NAME
+from lab.pod_runtime import name_problem
 
 RUNNING, STOPPED, GONE = "running", "stopped", "gone"
 
@@ -51,9 +51,8 @@ def pod_table(pods: Sequence[PodInfo], on_nodes: Mapping[str, Mapping[str, PodOn
 def new_pod_problem(plan: Plan, pods: Sequence[PodInfo], name: str, node: str,
                     lab: str) -> str | None:
     """Why `run NAME --node NODE` cannot start that pod, with the fix; None if it can."""
-    if not POD_NAME.match(name):
-        return (f"{name!r} is not a pod name: use up to 63 lowercase letters, digits or '-', "
-                "starting and ending with a letter or digit (e.g. web-2)")
+    if name_problem(name):
+        return name_problem(name)
     if node not in plan.node_names():
         return f"no node {node!r} in lab {lab}: pick one of {', '.join(plan.node_names())}"
     taken = next((pod for pod in pods if pod.name == name), None)
