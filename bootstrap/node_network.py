@@ -57,6 +57,10 @@ class NodeFiles:
 
 
 NODE_FILES = NodeFiles()
+# What an older version wrote and nothing reads any more: the bash scripts the applier
+# replaced. The node-network phase removes them.
+OBSOLETE_NODE_FILES = ("/etc/k8s-cni-lab/node-network.sh",
+                       "/etc/k8s-cni-lab/node-network-down.sh")
 BOOT_COMMAND = f"{NODE_PYTHON} {NODE_FILES.applier} {NODE_FILES.state}"
 TEARDOWN_COMMAND = f"{NODE_PYTHON} {NODE_FILES.applier} --teardown {NODE_FILES.state}"
 # The applier with a desired state on its standard input instead of the state file.

@@ -4,6 +4,7 @@ decision (what differs), then the upload of only that."""
 from __future__ import annotations
 
 import hashlib
+import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -57,3 +58,12 @@ def ensure_files(node: RemoteNode, desired: Sequence[DesiredFile]) -> tuple[list
                        timeout=TRANSFER_TIMEOUT)
     written = [wanted.path for wanted in stale]
     return written, [wanted.path for wanted in desired if wanted.path not in written]
+
+
+def describe_paths(paths: Sequence[str]) -> str:
+    """Paths in one line: a directory that holds several of them is named once, counted."""
+    by_directory: dict[str, list[str]] = {}
+    for path in paths:
+        by_directory.setdefault(posixpath.dirname(path), []).append(path)
+    return ", ".join(files[0] if len(files) == 1 else f"{directory}/ ({len(files)} files)"
+                     for directory, files in by_directory.items())

@@ -103,10 +103,7 @@ class Nodes(pulumi.ComponentResource):
             vpc_security_group_ids=[args.security_group_id],
             associate_public_ip_address=True,
             key_name=self.key_pair.key_name,
-            # The node forwards packets for its pods' addresses (the pod route targets its
-            # ENI), which AWS drops unless source/destination checking is off. The control
-            # plane runs pods too, so every node needs it.
-            source_dest_check=False,
+            source_dest_check=node.source_dest_check,
             metadata_options=aws.ec2.InstanceMetadataOptionsArgs(
                 http_endpoint="enabled",
                 http_tokens="required",  # IMDSv2 only

@@ -97,6 +97,10 @@ class Node:
     private_ip: IPv4Address
     pod_cidr: IPv4Network
     gateway: IPv4Address  # the cni0 bridge address: first host of pod_cidr
+    # EC2's source/destination check drops packets a node sends or receives for an address
+    # not its own; every node forwards its pods' packets (the control plane runs pods too),
+    # so the check is off everywhere. The Pulumi program and the lab's VPC router read this.
+    source_dest_check: bool = False
 
 
 @dataclass(frozen=True)

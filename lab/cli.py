@@ -22,7 +22,7 @@ from lab.lifecycle import LabOptions, LocalLab
 def up(options: LabOptions, *, keep: bool, steps: bool, console: Console) -> int:
     started, name = time.monotonic(), options.name
     try:
-        lab = lifecycle.build(options, console, pod_routes=not steps)
+        lab = lifecycle.build(options, console, vpc_configured=not steps)
     except (LabError, ValueError) as error:  # ValueError: PlanError, a bad lab name
         console.print(f"[red]lab up failed:[/] {error}")
         return 1

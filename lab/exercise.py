@@ -30,9 +30,9 @@ from bootstrap.exercises import (
 from bootstrap.node_network import BOOT_COMMAND, NODE_FILES, cni_conflist
 from bootstrap.verify.checks import WEB_PORT, Outcome, PodInfo, pod_hosts
 from bootstrap.verify.report import outcome_table
-from infra.plan import Node, Plan, Settings, make_plan
+from infra.plan import Node, Plan
 from lab import lifecycle, network, nodes
-from lab.layout import Layout, make_layout
+from lab.layout import Layout, lab_layout
 from lab.lifecycle import LabOptions, LocalLab
 
 CHECK_COMMAND = "make check"
@@ -77,6 +77,11 @@ def plan_conflist(target: Target) -> str:
     return file_command(NODE_FILES.conflist, conflist)
 
 
+def _source_dest_check(layout: Layout, node: Node, enabled: bool) -> str:
+    lab_node = next(n for n in layout.nodes if n.planned == node)
+    return "\n".join(network.source_dest_check_commands(layout, lab_node, enabled))
+
+
 def lab_exercises(layout: Layout) -> tuple[Exercise, ...]:
     """The exercises that need the lab: its VPC (no AWS API call from here) and its pods."""
     plan = layout.plan
@@ -115,6 +120,27 @@ def lab_exercises(layout: Layout) -> tuple[Exercise, ...]:
                 "has no such pods and sends the packets back, until they expire.",
             inject=lambda t: route_command(layout, t.node, other_node(plan, t.node)),
             fix=lambda t: route_command(layout, t.node, t.node)),
+        Exercise(
+            name="all-looks-right", difficulty="hard", where="vpc",
+            symptom="every node's own setup looks right, yet one node's pods and the pods on "
+                    "other nodes never hear each other",
+            fails=("pod to pod, across nodes", "pod to pod, across nodes (back)",
+                   "large answer, across nodes"),
+            cause="source/destination check on {node}",
+            hints=("The routes and the nodes' rules may all be right. What does EC2 itself "
+                   "check about each packet a node sends or receives?",
+                   "Compare the pod addresses in these packets with the node's own address "
+                   f"({{private_ip}}); on this machine the VPC's per-node rules are in "
+                   f"`ip netns exec {layout.router_ns} ebtables -t nat -L`.",
+                   "The cause: source/destination check on {node}: EC2 drops packets whose "
+                   "source or destination is not the instance's own address."),
+            why="A node routes its pods' packets, whose addresses are not its own: with the "
+                "check on, EC2 drops them at the instance. In AWS turn it off with `aws ec2 "
+                "modify-instance-attribute --instance-id <{node}'s id> "
+                "--no-source-dest-check`; the Pulumi program sets source_dest_check=False "
+                "from the plan, for every node.",
+            inject=lambda t: _source_dest_check(layout, t.node, True),
+            fix=lambda t: _source_dest_check(layout, t.node, False)),
         Exercise(
             name="one-pod-stranded", difficulty="easy", where="pod",
             symptom="one pod reaches its neighbours on the node, and nothing else",
@@ -177,7 +203,7 @@ LEFT_OUT_ON_STACKS = {
 def listing(name: str, console: Console, *, on_stack: bool = False) -> int:
     """The catalog: name, difficulty, symptom (never the cause). On a stack, only the
     node-level ones, and which are left out and why."""
-    everything = catalog(make_layout(make_plan(Settings()), name))
+    everything = catalog(lab_layout(name))
     shown = [e for e in everything if e.where == "node"] if on_stack else everything
     table = Table(title="Exercises (make exercise EXERCISE=<name>)", title_justify="left")
     for column in ("name", "difficulty", "symptom"):
@@ -194,7 +220,7 @@ def listing(name: str, console: Console, *, on_stack: bool = False) -> int:
 
 def start(name: str, wanted: str | None, node_name: str | None, console: Console) -> int:
     """Build the lab (kept) or reuse a kept one, inject one fault, print the failing table."""
-    choices = catalog(make_layout(make_plan(Settings()), name))  # checked before any build
+    choices = catalog(lab_layout(name))  # checked before any build
     exercise = exercises.find(choices, wanted) if wanted else random.choice(choices)
     exercises.refuse_if_open(open_exercise(name), CHECK_COMMAND)
     lab = _kept_lab(name, console)
@@ -311,7 +337,7 @@ def solution(name: str, console: Console) -> int:
 def _saved(name: str, record: OpenExercise) -> tuple[Exercise, Target]:
     """The open exercise and its target, from what the kept lab saved (no SSH needed)."""
     state = json.loads((nodes.lab_dir(name) / lifecycle.STATE_FILE).read_text())
-    layout = make_layout(make_plan(Settings(node_count=state["nodeCount"])), name)
+    layout = lab_layout(name, state["nodeCount"])
     pods = tuple(PodInfo(**pod) for pod in state["pods"])
     return (exercises.find(catalog(layout), record.name),
             Target(layout.plan, layout.plan.node(record.node), pods))

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
-from infra.plan import Node, Plan
+from infra.plan import Node, Plan, Settings, make_plan
 
 # Documentation ranges (RFC 5737) for everything outside the VPC, so no lab packet can be
 # mistaken for, or leak to, a real address.
@@ -71,6 +71,13 @@ class Layout:
         infra = [self.router_ns, self.igw_ns, self.internet_ns]
         return infra + [node.namespace for node in self.nodes]
 
+
+
+def lab_layout(lab: str, node_count: int = Settings.node_count) -> Layout:
+    """The lab as it is simulated: the project's default plan, with the security group open
+    only to the internet host (the operator's address), as a careful operator sets it."""
+    allowed = (f"{INTERNET_HOST.ip}/32",)
+    return make_layout(make_plan(Settings(node_count=node_count, allowed_cidrs=allowed)), lab)
 
 
 def make_layout(plan: Plan, lab: str = "k8slab") -> Layout:

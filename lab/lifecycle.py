@@ -35,11 +35,11 @@ from bootstrap.verify.checks import (
     seed_pods,
     with_client,
 )
-from bootstrap.verify.diagnose import failure_causes
+from bootstrap.verify.diagnose import VpcFacts, failure_causes
 from bootstrap.verify.facts import read_node_facts
-from infra.plan import NODE_LOGIN, Plan, Settings, make_plan
+from infra.plan import NODE_LOGIN, Plan
 from lab import network, nodes
-from lab.layout import INTERNET_ECHO_PORT, INTERNET_HOST, Layout, make_layout
+from lab.layout import INTERNET_ECHO_PORT, INTERNET_HOST, Layout, lab_layout
 from lab.netns_socket import connect_in_namespace
 
 RUNTIME = f"/usr/bin/python3 -IS {IMAGE_DIR}/pod_runtime.py"
@@ -152,14 +152,16 @@ class LocalLab:
         checks = lab_checks(self.plan, public_ips, self.pods, internet, INTERNET_ECHO_PORT)
         outcomes = run_checks(LabProber(self), checks)
         return outcomes, failure_causes(outcomes, lambda: read_node_facts(self.ssh, self.plan),
-                                        self.routed())
+                                        self.vpc_facts())
 
-    def routed(self) -> dict[str, bool]:
-        """Does the VPC route table send each node's pod CIDR to that node?"""
+    def vpc_facts(self) -> VpcFacts:
+        """What the simulated VPC does, read from its router: does the route table send each
+        node's pod CIDR to that node, and is its source/destination check on?"""
         table = network.run(["ip", "-n", self.layout.router_ns, "route", "show"])
         routes = {line.split()[0]: f" {line} " for line in table.splitlines() if line}
-        return {node.name: f" via {node.private_ip} " in routes.get(str(node.pod_cidr), "")
-                for node in self.plan.nodes}
+        routed = {node.name: f" via {node.private_ip} " in routes.get(str(node.pod_cidr), "")
+                  for node in self.plan.nodes}
+        return VpcFacts(routed, network.source_dest_checked(self.layout))
 
 
 def missing_seed_pods(plan: Plan, pods: Sequence[PodInfo]) -> list[SeedPod]:
@@ -220,25 +222,28 @@ def internet_client_factory(layout: Layout) -> Callable[[], paramiko.SSHClient]:
     return FromTheInternet
 
 
-def build(options: LabOptions, console: Console, *, pod_routes: bool = True) -> LocalLab:
-    """Create the network and boot the nodes; on any failure, remove what was made."""
-    layout = make_layout(make_plan(Settings(node_count=options.node_count)), options.name)
+def build(options: LabOptions, console: Console, *, vpc_configured: bool = True) -> LocalLab:
+    """Create the network and boot the nodes; on any failure, remove what was made. Without
+    `vpc_configured`, the VPC is as EC2 starts it: no pod routes, every node's
+    source/destination check on."""
+    layout = lab_layout(options.name, options.node_count)
     if network.existing_namespaces(layout.lab) or nodes.lab_dir(layout.lab).exists():
         raise LabExists(f"a lab named {layout.lab} is already up: run `make down` (or "
                         f"`python -m lab down --name {layout.lab}`) first")
     try:
-        return _build(layout, options, console, pod_routes)
+        return _build(layout, options, console, vpc_configured)
     except BaseException:
         down(layout.lab)
         raise
 
 
 def _build(layout: Layout, options: LabOptions, console: Console,
-           pod_routes: bool) -> LocalLab:
+           vpc_configured: bool) -> LocalLab:
     started = time.monotonic()
     nodes.lab_dir(layout.lab).mkdir(parents=True)
-    network.build(layout)
-    if pod_routes:
+    planned_checks = [node for node in layout.nodes if node.planned.source_dest_check]
+    network.build(layout, checked=planned_checks if vpc_configured else layout.nodes)
+    if vpc_configured:
         network.add_pod_routes(layout)
     client_key = nodes.new_ed25519()
     host_keys = {node.name: nodes.prepare_disk(layout, node, client_key.public_line)
@@ -275,7 +280,7 @@ def attach(name: str, console: Console, *, deadline: float = 10.0) -> LocalLab:
         private_key = (directory / CLIENT_KEY_FILE).read_text()
     except FileNotFoundError:
         raise nodes.lab_not_up(name) from None
-    layout = make_layout(make_plan(Settings(node_count=state["nodeCount"])), name)
+    layout = lab_layout(name, state["nodeCount"])
     lab = _connect(layout, state["hostKeys"], private_key, state["user"], console, deadline)
     lab.pods = [PodInfo(**pod) for pod in state["pods"]]
     return lab

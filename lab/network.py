@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import signal
 import subprocess
 import time
 from collections.abc import Iterable, Sequence
+from ipaddress import IPv4Network
 from pathlib import Path
 
 from bootstrap.errors import LabError
+from infra.firewall import IngressRule, ingress_rules
 from lab.layout import (
     IGW_INTERNET_SIDE,
     INTERNET_HOST,
@@ -56,14 +59,17 @@ def existing_namespaces(lab: str) -> list[str]:
     return [name for name in names if name.startswith(f"{lab}-")]
 
 
-def build(layout: Layout) -> None:
-    """Create the VPC router, the nodes on its subnet, the IGW and the internet host."""
+def build(layout: Layout, *, checked: Iterable[LabNode] = ()) -> None:
+    """Create the VPC router, the nodes on its subnet, the IGW and the internet host; the
+    router checks source and destination at the ports of the `checked` nodes."""
     for namespace in layout.namespaces:
         run(["ip", "netns", "add", namespace])
         ip_batch(namespace, ["link set lo up"])
     _build_router(layout)
     for node in layout.nodes:
         _build_node(layout, node)
+    for node in checked:
+        set_source_dest_check(layout, node, True)
     _build_igw(layout)
     _build_internet(layout)
 
@@ -107,6 +113,46 @@ def add_pod_routes(layout: Layout) -> None:
                                 for planned in layout.plan.nodes])
 
 
+def source_dest_check_commands(layout: Layout, node: LabNode, enabled: bool) -> list[str]:
+    """EC2's source/destination check at the node's port on the VPC router, as ebtables
+    rules: what leaves the node must come from its address, what enters must be for it."""
+    ip, port = node.planned.private_ip, node.router_port
+    verb = "-A" if enabled else "-D"
+    return [f"ip netns exec {layout.router_ns} ebtables -t nat {verb} {rule} -p IPv4 {match} "
+            "-j DROP"
+            for rule, match in ((f"PREROUTING -i {port}", f"--ip-src ! {ip}"),
+                                (f"POSTROUTING -o {port}", f"--ip-dst ! {ip}"))]
+
+
+def apply_planned_checks(layout: Layout) -> None:
+    """Each node's check as the plan sets it, as the Pulumi program does at launch."""
+    for node in layout.nodes:
+        set_source_dest_check(layout, node, node.planned.source_dest_check)
+
+
+def set_source_dest_check(layout: Layout, node: LabNode, enabled: bool) -> None:
+    """Turn the check on or off for one node, like `aws ec2 modify-instance-attribute`."""
+    if source_dest_checked(layout)[node.name] != enabled:
+        for command in source_dest_check_commands(layout, node, enabled):
+            run(shlex.split(command))
+
+
+def source_dest_checked(layout: Layout) -> dict[str, bool]:
+    """Is the check on for each node? Read from the router's rules."""
+    listing = run(["ip", "netns", "exec", layout.router_ns, "ebtables", "-t", "nat", "-L"])
+    return checked_ports(layout, listing)
+
+
+def checked_ports(layout: Layout, listing: str) -> dict[str, bool]:
+    """Each node whose port has a DROP rule in an `ebtables -L` listing: half a check (one
+    direction) still drops."""
+    dropping = [f" {line.strip()} " for line in listing.splitlines()
+                if line.split()[-2:] == ["-j", "DROP"]]
+    return {node.name: any(f" {flag} {node.router_port} " in rule
+                           for rule in dropping for flag in ("-i", "-o"))
+            for node in layout.nodes}
+
+
 def _build_igw(layout: Layout) -> None:
     router, _ = router_igw_addresses()
     ip_batch(None, [f"link add wan netns {layout.igw_ns} type veth peer name igw "
@@ -121,17 +167,39 @@ def _build_igw(layout: Layout) -> None:
 
 
 def igw_rules(layout: Layout) -> str:
-    """Like AWS's IGW: translate node addresses 1:1 to public ones, drop any other source."""
+    """Like AWS's IGW: translate node addresses 1:1 to public ones, drop any other source.
+    What the internet may send in is the security group's, from the same rules as the
+    Pulumi program's (stateful: answers to the nodes' own connections pass)."""
     nat = ["*nat"]
     filt = ["*filter", ":FORWARD DROP [0:0]",
             "-A FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT"]
+    from_internet = [rule for rule in ingress_rules(layout.plan)
+                     if not _inside(layout, IPv4Network(rule.cidr))]
     for node in layout.nodes:
         private = node.planned.private_ip
         nat += [f"-A PREROUTING -i wan -d {node.public_ip} -j DNAT --to-destination {private}",
                 f"-A POSTROUTING -o wan -s {private} -j SNAT --to-source {node.public_ip}"]
-        filt += [f"-A FORWARD -i vpc -o wan -s {private} -j ACCEPT",
-                 f"-A FORWARD -i wan -o vpc -d {private} -j ACCEPT"]
+        filt.append(f"-A FORWARD -i vpc -o wan -s {private} -j ACCEPT")
+        filt += [f"-A FORWARD -i wan -o vpc -s {rule.cidr} -d {private}{_protocol(rule)} "
+                 "-j ACCEPT" for rule in from_internet]
     return "\n".join([*nat, "COMMIT", *filt, "COMMIT"]) + "\n"
+
+
+def _inside(layout: Layout, cidr: IPv4Network) -> bool:
+    """A security group source the internet gateway never sees: the VPC's or the pods'."""
+    plan = layout.plan
+    return cidr.subnet_of(plan.vpc) or cidr.subnet_of(plan.pod_network)
+
+
+def _protocol(rule: IngressRule) -> str:
+    """The rule's protocol and ports as iptables matches ("-1" is all; -1 ports are any)."""
+    if rule.protocol == "-1":
+        return ""
+    if rule.from_port in (None, -1):
+        return f" -p {rule.protocol}"
+    ports = str(rule.from_port) if rule.to_port == rule.from_port else \
+        f"{rule.from_port}:{rule.to_port}"
+    return f" -p {rule.protocol} --dport {ports}"
 
 
 def _build_internet(layout: Layout) -> None:

@@ -11,7 +11,7 @@ from bootstrap.cni.install import NODE_LAUNCHER, PluginFile, plugin_files
 from bootstrap.errors import LabError
 from bootstrap.node_network import NODE_FILES, cni_conflist
 from bootstrap.phases.context import LocalContext
-from bootstrap.phases.workflow import Phase, log_noop, log_step
+from bootstrap.phases.workflow import Phase, log_files
 from bootstrap.remote import RemoteNode
 from bootstrap.remote_files import DesiredFile, ensure_files
 from infra.plan import Plan
@@ -44,8 +44,4 @@ def cni_files(plan: Plan, node_name: str, plugin: Sequence[PluginFile]) -> list[
 
 
 def install_cni(node: RemoteNode, plan: Plan, plugin: Sequence[PluginFile]) -> None:
-    written, current = ensure_files(node, cni_files(plan, node.name, plugin))
-    for path in written:
-        log_step(NAME, node.name, f"installed {path}")
-    for path in current:
-        log_noop(NAME, node.name, f"{path} already has this content and mode (sha256 match)")
+    log_files(NAME, node.name, *ensure_files(node, cni_files(plan, node.name, plugin)))

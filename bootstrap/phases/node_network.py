@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import shlex
+
 from bootstrap.node_network import (
     BOOT_COMMAND,
     BOOT_UNIT_NAME,
     NODE_FILES,
+    OBSOLETE_NODE_FILES,
     applier_source,
     desired_state,
     render_boot_unit,
@@ -13,9 +16,9 @@ from bootstrap.node_network import (
 )
 from bootstrap.node_network_apply import NO_CHANGES_LINE
 from bootstrap.phases.context import LocalContext
-from bootstrap.phases.workflow import Phase, log_noop, log_step
+from bootstrap.phases.workflow import Phase, log_files, log_noop, log_step
 from bootstrap.remote import RemoteNode
-from bootstrap.remote_files import DesiredFile, ensure_files
+from bootstrap.remote_files import DesiredFile, describe_paths, ensure_files
 from infra.plan import Plan
 
 NAME = "node-network"
@@ -44,14 +47,21 @@ def node_network_files(plan: Plan, node_name: str) -> list[DesiredFile]:
 
 
 def configure_node_network(node: RemoteNode, plan: Plan) -> None:
-    written, _ = ensure_files(node, node_network_files(plan, node.name))
-    for path in written:
-        log_step(NAME, node.name, f"installed {path}")
+    written, current = ensure_files(node, node_network_files(plan, node.name))
+    log_files(NAME, node.name, written, current)
+    remove_obsolete_files(node)
     # The applier shows each command it runs and ends with NO_CHANGES_LINE if there was none.
     applied = node.run(BOOT_COMMAND, timeout=SETUP_TIMEOUT)
     if applied.output.rstrip("\n").endswith(NO_CHANGES_LINE):
         log_noop(NAME, node.name, "bridge, sysctls and iptables rules already in place")
     enable_boot_unit(node, unit_changed=NODE_FILES.boot_unit in written)
+
+
+def remove_obsolete_files(node: RemoteNode) -> None:
+    stale = [path for path in OBSOLETE_NODE_FILES if node.exists(path)]
+    if stale:
+        node.run(shlex.join(["rm", "-f", *stale]), timeout=SETUP_TIMEOUT)
+        log_step(NAME, node.name, f"removed {describe_paths(stale)} (an older version's)")
 
 
 def enable_boot_unit(node: RemoteNode, *, unit_changed: bool) -> None:

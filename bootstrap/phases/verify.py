@@ -3,7 +3,7 @@
 Applies the four test pods (bootstrap/verify/cloud.py), waits until they are Ready, reads
 their addresses, runs the shared checks through `kubectl exec`, logs the table and fails
 with every failed check and its likely cause. The VPC's routes cannot be read from the
-nodes, so no cause is ever blamed on them (`routed` is unknown).
+nodes, so no cause is ever blamed on them (`VpcFacts` unknown).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from bootstrap.verify.cloud import (
     render_manifests,
     wait_command,
 )
-from bootstrap.verify.diagnose import failure_causes
+from bootstrap.verify.diagnose import VpcFacts, failure_causes
 from bootstrap.verify.facts import read_node_facts
 from bootstrap.verify.report import failure_lines, outcome_table, plain_text
 from infra.plan import Plan
@@ -66,7 +66,7 @@ def check_cluster(context: LocalContext) -> tuple[list[Outcome], dict[str, str]]
     prober = KubectlProber(context.ssh, control_plane.name, echo_source)
     outcomes = run_checks(prober, checks)
     causes = failure_causes(outcomes, lambda: read_node_facts(context.ssh, context.plan),
-                            routed={})
+                            VpcFacts())
     return outcomes, causes
 
 

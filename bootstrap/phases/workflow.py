@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from bootstrap.errors import PhaseError, UnknownPhase
+from bootstrap.remote_files import describe_paths
 
 # Contravariant: a phase that reads only the local context also serves the cloud workflow.
 ContextT = TypeVar("ContextT", contravariant=True)
@@ -54,6 +55,16 @@ def log_noop(phase: str, node: str, reason: str) -> None:
 
 def log_step(phase: str, node: str, message: str) -> None:
     log.info("[%s] %s: %s", phase, node, message)
+
+
+def log_files(phase: str, node: str, written: Sequence[str], current: Sequence[str]) -> None:
+    """One line for the files a phase wrote, one for those already right."""
+    if written:
+        log_step(phase, node, f"installed {describe_paths(written)}")
+    if current:
+        verb = "has" if len(current) == 1 else "have"
+        log_noop(phase, node, f"{describe_paths(current)} already {verb} this content and "
+                              "mode (sha256 match)")
 
 
 class Runner(Generic[DataT]):

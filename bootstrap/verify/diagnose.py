@@ -4,7 +4,7 @@ Facts are a command plus a pure parser (pyinfra's model): `FACTS_COMMAND` runs o
 `parse_node_facts` reads its output. `likely_cause` turns a failed outcome and the facts into
 one sentence: a pod without its default route, the bridge down or without its gateway, a
 pod CIDR mismatch, forwarding off, FORWARD dropped or one way only, an MTU mismatch, no NAT,
-NAT inside the cluster, no route.
+NAT inside the cluster, no route, the source/destination check.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bootstrap.node_network import BRIDGE, NODE_FILES
 from bootstrap.verify.checks import Check, Outcome
@@ -125,21 +125,28 @@ def _matches_source(rule: str, pod_cidr: str) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class VpcFacts:
+    """What the VPC does for each node, where it can be read (the lab's router). A node
+    missing from a map is unknown: the cloud's VPC is not visible from the nodes, so the
+    cause then names what to check instead of claiming one."""
+
+    routed: Mapping[str, bool] = field(default_factory=dict)  # its pod CIDR routed to it
+    source_dest_check: Mapping[str, bool] = field(default_factory=dict)
+
+
 def failure_causes(outcomes: Sequence[Outcome], read_facts: Callable[[], Mapping[str, NodeFacts]],
-                   routed: Mapping[str, bool]) -> dict[str, str]:
+                   vpc: VpcFacts) -> dict[str, str]:
     """The likely cause of each failed check, by name; the facts are read only on failure."""
     failed = [outcome for outcome in outcomes if not outcome.passed]
     if not failed:
         return {}
     facts = read_facts()
-    return {outcome.check.name: likely_cause(outcome, facts, routed) for outcome in failed}
+    return {outcome.check.name: likely_cause(outcome, facts, vpc) for outcome in failed}
 
 
-def likely_cause(outcome: Outcome, facts: Mapping[str, NodeFacts],
-                 routed: Mapping[str, bool]) -> str:
-    """One sentence; `routed` says, per node, whether the VPC routes its pod CIDR to it. A
-    node missing from `routed` is unknown (the cloud's route table is not visible from the
-    nodes): the sentence then names what to check instead of claiming a cause."""
+def likely_cause(outcome: Outcome, facts: Mapping[str, NodeFacts], vpc: VpcFacts) -> str:
+    """One sentence: the first known cause on the check's path."""
     check = outcome.check
     if outcome.result.reached and not check.expect_reach:
         return f"{check.target.name} answered from the internet: the gateway must drop it"
@@ -170,12 +177,15 @@ def likely_cause(outcome: Outcome, facts: Mapping[str, NodeFacts],
             return f"MTU mismatch on {node}: {node_facts.uplink} has MTU " \
                    f"{node_facts.uplink_mtu}, less than the pods' {node_facts.bridge_mtu} " \
                    f"({BRIDGE}): full-size packets are dropped, small ones (ping) pass"
-    target_node = check.target.node
-    if check.target.kind == "pod" and target_node != check.source.node and \
-            not routed.get(target_node or "", True):
+    target_node = check.target.node or ""
+    crosses_vpc = check.target.kind == "pod" and target_node != check.source.node
+    if crosses_vpc and not vpc.routed.get(target_node, True):
         return f"no route: the VPC route table does not send {target_node}'s pod CIDR to it"
-    if check.target.kind == "pod" and target_node != check.source.node and \
-            target_node not in routed:
+    checked = [node for node in _pod_address_nodes(check) if vpc.source_dest_check.get(node)]
+    if crosses_vpc and checked:
+        return f"source/destination check on {checked[0]}: the VPC drops what it sends or " \
+               "receives for an address not its own (its pods'); turn it off"
+    if crosses_vpc and target_node not in vpc.routed:
         return f"{outcome.result.detail or 'no answer'}; the nodes' rules look right: check " \
                f"the VPC route for {target_node}'s pod CIDR and that source/destination " \
                "checking is off on both instances (not visible from the nodes)"
@@ -219,6 +229,12 @@ def _pod_side_cause(check: Check, facts: Mapping[str, NodeFacts]) -> str:
                    f"{node_facts.conflist_mismatch}, not the node's pod CIDR (the one the " \
                    "VPC routes to it)"
     return ""
+
+
+def _pod_address_nodes(check: Check) -> list[str]:
+    """The nodes that send or receive the check's packets with a pod's address."""
+    ends = [check.source] if check.source.kind == "pod" else []
+    return [end.node for end in (*ends, check.target) if end.node]
 
 
 def _nodes_on_path(check: Check) -> list[str]:

@@ -28,12 +28,13 @@ CHECK_NAMES = {check.name for check in lab_checks(
     Endpoint("internet", "internet", "198.51.100.1"), 80)}
 # Words that would give a cause away in a symptom.
 CAUSE_WORDS = ("forward", "nat", "masquerade", "mtu", "route", "bridge", "cidr", "subnet",
-               "gateway", "sysctl", "iptables", "conflist", "down", "missing", "mismatch")
+               "gateway", "sysctl", "iptables", "conflist", "down", "missing", "mismatch",
+               "source", "destination", "ebtables")
 
 
 def test_the_catalog_has_the_faults_each_once_with_three_hints():
     names = [exercise.name for exercise in EVERY]
-    assert len(names) == len(set(names)) >= 12
+    assert len(names) == len(set(names)) >= 13
     assert all(len(exercise.hints) == exercises.HINT_COUNT for exercise in EVERY)
     assert all(set(exercise.fails) <= CHECK_NAMES and exercise.fails for exercise in EVERY)
     assert {e.where for e in NODE_EXERCISES} == {"node"}  # shell on any node, cloud too

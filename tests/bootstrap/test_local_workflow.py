@@ -19,6 +19,7 @@ from bootstrap.errors import PhaseError
 from bootstrap.inventory import Inventory, inventory_for_plan
 from bootstrap.node_network import (
     NODE_FILES,
+    OBSOLETE_NODE_FILES,
     applier_source,
     cni_conflist,
     desired_state,
@@ -180,13 +181,32 @@ def test_workflow_installs_everything_then_a_rerun_changes_nothing(
 
     messages = [record.getMessage() for record in caplog.records]
     for name in cluster.nodes:
-        assert (f"[cni] {name}: no-op: {NODE_LAUNCHER} already has this content and mode "
-                "(sha256 match)") in messages
+        assert any(m.startswith(f"[cni] {name}: no-op: {NODE_LAUNCHER}, ") and
+                   m.endswith("already have this content and mode (sha256 match)")
+                   for m in messages)
         assert (f"[node-network] {name}: no-op: bridge, sysctls and iptables rules already "
                 "in place") in messages
         assert (f"[node-network] {name}: no-op: lab-node-network.service is installed for "
                 "boot, but no systemd runs here to enable it") in messages
     assert not [m for m in messages if ": installed " in m]
+
+
+def test_an_older_versions_scripts_are_removed_once(
+        cluster: SimulatedCluster, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    plugin = fake_plugin(tmp_path / "lab_cni", PLUGIN_V1)
+    caplog.set_level(logging.INFO, logger="k8s_cni_lab")
+    with cluster.ssh() as ssh:
+        for name in cluster.nodes:
+            ssh.node(name).put_files([(path, b"#!/bin/bash\n", 0o755)
+                                      for path in OBSOLETE_NODE_FILES])
+        run_local_workflow(cluster.context(ssh, plugin))
+        assert not any(ssh.node(name).exists(path)
+                       for name in cluster.nodes for path in OBSOLETE_NODE_FILES)
+        run_local_workflow(cluster.context(ssh, plugin))
+    removed = [r.getMessage() for r in caplog.records if ": removed " in r.getMessage()]
+    assert sorted(removed) == [
+        f"[node-network] {name}: removed /etc/k8s-cni-lab/ (2 files) (an older version's)"
+        for name in sorted(cluster.nodes)]  # once: the rerun finds nothing to remove
 
 
 def test_only_cni_uploads_a_changed_plugin_and_touches_nothing_else(

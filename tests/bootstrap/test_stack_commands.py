@@ -344,5 +344,5 @@ def test_the_listing_on_a_stack_names_what_is_left_out_and_why(
     assert "stuck-on-node" in out and "big-answers-stall" in out
     table = out.split("Left out")[0]
     assert "far-pods-silent" not in table and "new-pods-unreachable" not in table
-    assert "Left out on a stack: far-pods-silent, lost-between-nodes (VPC level: on AWS they " \
-           "would take API calls that Pulumi would fight)" in out
+    assert "Left out on a stack: far-pods-silent, lost-between-nodes, all-looks-right (VPC " \
+           "level: on AWS they would take API calls that Pulumi would fight)" in out

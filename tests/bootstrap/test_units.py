@@ -28,7 +28,7 @@ from bootstrap.inventory import (
 )
 from bootstrap.phases.node_network import enable_boot_unit
 from bootstrap.remote import RunResult
-from bootstrap.remote_files import DesiredFile, RemoteFile, files_to_write
+from bootstrap.remote_files import DesiredFile, RemoteFile, describe_paths, files_to_write
 from bootstrap.ssh import (
     ConnectPolicy,
     for_each_node,
@@ -236,3 +236,10 @@ def test_paramiko_pins_are_built_from_the_inventory_line() -> None:
     assert f"{pinned.get_name()} {pinned.get_base64()}" == HOST_KEY
     assert host_key_name(access) == "[203.0.113.10]:2222"
     assert host_key_name(_access()) == "203.0.113.10"
+
+
+def test_a_directory_with_several_files_is_named_once_with_a_count():
+    assert describe_paths(["/opt/cni/bin/lab-cni", "/opt/cni/lib/x/a.py", "/opt/cni/lib/x/b.py",
+                           "/etc/cni/net.d/10-lab-cni.conflist"]) == (
+        "/opt/cni/bin/lab-cni, /opt/cni/lib/x/ (2 files), /etc/cni/net.d/10-lab-cni.conflist")
+    assert describe_paths(["/a/b"]) == "/a/b"

@@ -15,10 +15,9 @@ from rich.console import Console
 from bootstrap import exercises
 from bootstrap.exercises import Exercise, Target
 from bootstrap.node_network import NODE_FILES, POD_MTU
-from infra.plan import make_plan
 from lab import exercise as lab_exercise
 from lab import lifecycle, network, nodes
-from lab.layout import make_layout
+from lab.layout import lab_layout
 from tests.lab.test_lab_e2e import lab_cli, lab_name
 
 pytestmark = [
@@ -26,7 +25,7 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root and network namespaces"),
 ]
 
-CATALOG = lab_exercise.catalog(make_layout(make_plan(), "x"))  # the lab's own: by name
+CATALOG = lab_exercise.catalog(lab_layout("x"))  # the lab's own: by name
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +45,7 @@ def mend(lab: lifecycle.LocalLab) -> None:
     """Whatever a failed test left: the plan's files and rules, routes, MTUs, pods."""
     lifecycle.bootstrap(lab, only=("cni", "node-network"))
     network.add_pod_routes(lab.layout)
+    network.apply_planned_checks(lab.layout)
     for node in lab.plan.workers:
         lab.ssh.node(node.name).run(f"ip link set dev eth0 mtu {POD_MTU}", timeout=30)
     for pod in lab.pods:

@@ -20,6 +20,7 @@ from bootstrap import node_network
 from bootstrap.ssh import NodeSSH
 from lab import lifecycle, network, nodes, story
 from lab.__main__ import main as lab_main
+from lab.netns_socket import connect_in_namespace
 
 pytestmark = [
     pytest.mark.e2e,
@@ -111,6 +112,42 @@ def test_pods_got_distinct_addresses_from_their_nodes_pod_cidr(running_lab):
         node = running_lab.plan.node(pod.node)
         assert pod.ip in {str(host) for host in node.pod_cidr.hosts()} - {str(node.gateway)}
     assert len({pod.ip for pod in running_lab.pods}) == len(running_lab.pods)
+
+
+def test_the_security_group_lets_the_internet_in_on_ssh_only_and_the_vpc_everywhere(
+        running_lab):
+    """A node listening on another port answers its neighbours, not the internet host."""
+    lab = running_lab
+    worker, master = lab.layout.nodes[1], lab.plan.control_plane
+    listener = lab.ssh.node(worker.name)
+    listener.run("nohup timeout 20 python3 -m http.server 8081 >/dev/null 2>&1 &", timeout=30)
+    try:
+        address = (str(worker.planned.private_ip), 8081)
+        reach = f"python3 -c \"import socket; socket.create_connection({address}, 5)\""
+        assert lab.ssh.node(master.name).run(
+            f"for try in 1 2 3 4 5; do {reach} && exit 0; sleep 0.2; done; exit 1",
+            timeout=30, check=False, quiet=True).exit_code == 0
+        with pytest.raises(OSError):
+            connect_in_namespace(lab.layout.internet_ns, str(worker.public_ip), 8081, 1)
+        connect_in_namespace(lab.layout.internet_ns, str(worker.public_ip), 22, 5).close()
+    finally:
+        listener.run("pkill -f 'http.server 8081'", timeout=30, check=False)
+
+
+def test_the_source_destination_check_drops_pod_traffic_until_it_is_off(running_lab):
+    lab = running_lab
+    worker = lab.layout.nodes[2]
+    try:
+        network.set_source_dest_check(lab.layout, worker, True)
+        assert network.source_dest_checked(lab.layout)[worker.name]
+        failed = failures(lab)
+        assert "pod to pod, across nodes" in failed and "node to pod" in failed
+        assert "source/destination check on worker-2" in failed["node to pod"]
+        assert "pod to its gateway" not in failed and "pod to internet" not in failed
+    finally:
+        network.apply_planned_checks(lab.layout)
+    assert not any(network.source_dest_checked(lab.layout).values())
+    assert failures(lab) == {}
 
 
 def test_a_pod_that_fails_to_start_leaves_no_namespace_and_no_address(running_lab):
@@ -271,7 +308,7 @@ def test_the_story_turns_each_failure_into_a_pass():
     try:
         # As root, where the main fixture logs in as ubuntu with sudo: both paths run.
         lab = lifecycle.build(lifecycle.LabOptions(name=name, user="root"), console,
-                          pod_routes=False)
+                          vpc_configured=False)
         with lab.ssh:
             stages = story.replay(lab)
             held = footprint(name)
@@ -285,11 +322,14 @@ def test_the_story_turns_each_failure_into_a_pass():
         sorted([*across, "pod to internet", "pod to pod, same node"]),
         sorted([*across, "pod to internet"]),
         across,
+        across,
         [],
     ]
     assert "FORWARD dropped on worker-1" in stages[0].causes["pod to pod, same node"]
     assert "no NAT on worker-1" in stages[1].causes["pod to internet"]
     assert "no route" in stages[2].causes["pod to pod, across nodes"]
+    assert "source/destination check on worker-1" in stages[3].causes["pod to pod, across nodes"]
+    assert "source/destination check on worker-2" in stages[3].causes["node to pod"]
 
 
 def lab_cli(name: str, *args: str) -> subprocess.CompletedProcess[str]:

@@ -3,7 +3,13 @@
 import pytest
 
 from bootstrap.verify.checks import Endpoint, lab_checks, run_checks
-from bootstrap.verify.diagnose import NodeFacts, failure_causes, likely_cause, parse_node_facts
+from bootstrap.verify.diagnose import (
+    NodeFacts,
+    VpcFacts,
+    failure_causes,
+    likely_cause,
+    parse_node_facts,
+)
 from tests.verify.test_checks import INTERNET, PLAN, PODS, PUBLIC, ScriptedProber
 
 CLUSTER = "10.244.0.0/16"
@@ -76,6 +82,11 @@ def facts_everywhere(text: str, pod_cidrs=("10.244.0.0/24", "10.244.1.0/24", "10
             for name, cidr in zip(names, pod_cidrs, strict=True)}
 
 
+# The lab's VPC as the plan sets it: every pod CIDR routed, no source/destination check.
+ROUTED = VpcFacts(routed=dict.fromkeys(PLAN.node_names(), True),
+                  source_dest_check=dict.fromkeys(PLAN.node_names(), False))
+
+
 @pytest.mark.parametrize(("facts_text", "routed", "check", "cause"), [
     (BARE, True, "pod to pod, same node", "FORWARD dropped on worker-1"),
     (BARE, True, "pod to pod, across nodes", "forwarding off on worker-1"),
@@ -85,25 +96,42 @@ def facts_everywhere(text: str, pod_cidrs=("10.244.0.0/24", "10.244.1.0/24", "10
 ])
 def test_each_failure_gets_its_cause(facts_text, routed, check, cause):
     outcome = outcomes_by_name(Silent())[check]
-    routes = {node.name: routed for node in PLAN.nodes}
-    assert cause in likely_cause(outcome, facts_everywhere(facts_text), routes)
+    vpc = VpcFacts(routed=dict.fromkeys(PLAN.node_names(), routed))
+    assert cause in likely_cause(outcome, facts_everywhere(facts_text), vpc)
 
 
 def test_nat_inside_the_cluster_is_named_as_such():
     outcome = outcomes_by_name(ScriptedProber(nat_inside=True))["pod to pod, across nodes"]
-    cause = likely_cause(outcome, facts_everywhere(SEED_LAB_NAT), {})
+    cause = likely_cause(outcome, facts_everywhere(SEED_LAB_NAT), VpcFacts())
     assert "NAT inside the cluster: worker-1" in cause and "! -d" in cause
 
 
 def test_an_unknown_route_is_named_as_what_to_check_not_as_the_cause():
-    """The cloud cannot read the VPC's route table from the nodes: `routed` is empty."""
+    """The cloud cannot read the VPC's route table from the nodes: the VPC is unknown."""
     outcome = outcomes_by_name(Silent())["pod to pod, across nodes"]
-    cause = likely_cause(outcome, facts_everywhere(HEALTHY), {})
+    cause = likely_cause(outcome, facts_everywhere(HEALTHY), VpcFacts())
     assert cause.startswith("unreachable: timed out; the nodes' rules look right: check the "
                             "VPC route for worker-2's pod CIDR")
     assert "no route" not in cause
-    known = likely_cause(outcome, facts_everywhere(HEALTHY), {n.name: True for n in PLAN.nodes})
+    known = likely_cause(outcome, facts_everywhere(HEALTHY), ROUTED)
     assert known == "unreachable: timed out (no known cause matched)"  # the lab's as before
+
+
+@pytest.mark.parametrize(("checked", "check", "blamed"), [
+    ("worker-1", "pod to pod, across nodes", "worker-1"),  # it sends a pod's address
+    ("worker-1", "pod to pod, across nodes (back)", "worker-1"),  # it receives one
+    ("worker-2", "node to pod", "worker-2"),
+    ("master", "pod to pod, across nodes", None),  # not on the path
+])
+def test_the_source_destination_check_is_blamed_where_pod_addresses_cross(
+        checked: str, check: str, blamed: str | None) -> None:
+    outcome = outcomes_by_name(Silent())[check]
+    vpc = VpcFacts(ROUTED.routed, {**ROUTED.source_dest_check, checked: True})
+    cause = likely_cause(outcome, facts_everywhere(HEALTHY), vpc)
+    if blamed:
+        assert cause.startswith(f"source/destination check on {blamed}:")
+    else:
+        assert "source/destination" not in cause
 
 
 def test_facts_are_read_only_when_a_check_failed():
@@ -114,10 +142,10 @@ def test_facts_are_read_only_when_a_check_failed():
         return facts_everywhere(BARE)
 
     passing = run_checks(ScriptedProber(), lab_checks(PLAN, PUBLIC, PODS, INTERNET, 80))
-    assert failure_causes(passing, read_facts, {}) == {} and reads == []
+    assert failure_causes(passing, read_facts, VpcFacts()) == {} and reads == []
     failing = run_checks(ScriptedProber(nat_inside=True),
                          lab_checks(PLAN, PUBLIC, PODS, INTERNET, 80))
-    causes = failure_causes(failing, read_facts, {})
+    causes = failure_causes(failing, read_facts, VpcFacts())
     assert list(causes) == ["pod to pod, across nodes", "pod to pod, across nodes (back)",
                             "large answer, across nodes"]
     assert reads == [1]
@@ -180,8 +208,7 @@ def test_a_healthy_node_gives_no_cause_among_the_new_facts():
 ])
 def test_each_node_fault_gets_its_cause_from_recorded_facts(text, check, cause):
     outcome = outcomes_by_name(Silent())[check]
-    routes = {node.name: True for node in PLAN.nodes}
-    assert cause in likely_cause(outcome, worker_1_facts(text), routes)
+    assert cause in likely_cause(outcome, worker_1_facts(text), ROUTED)
 
 
 def test_the_pods_own_subnet_is_not_blamed_on_its_route_or_the_cni_config():
@@ -190,7 +217,7 @@ def test_the_pods_own_subnet_is_not_blamed_on_its_route_or_the_cni_config():
     outcome = outcomes_by_name(Silent())["pod to pod, same node"]
     text = recorded(pods="bash-worker-1\n",
                     conflist=CONFLIST.replace("10.244.1.0/24", "10.244.255.0/24"))
-    cause = likely_cause(outcome, worker_1_facts(text), {n.name: True for n in PLAN.nodes})
+    cause = likely_cause(outcome, worker_1_facts(text), ROUTED)
     assert "default route" not in cause and "mismatch" not in cause
 
 
