@@ -6,6 +6,7 @@ import hashlib
 import os
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -13,9 +14,10 @@ from rich.table import Table
 from bootstrap.cni.install import plugin_files
 from bootstrap.errors import LabError
 from bootstrap.verify.checks import Outcome
+from bootstrap.verify.diagnose import VpcFacts
 from bootstrap.verify.report import FAIL, PASS, failure_lines, outcome_table, show_status
 from bootstrap.verify.status import read_status
-from lab import exercise, lifecycle, nodes, story
+from lab import exercise, lifecycle, nodes, picture, story
 from lab.lifecycle import LabOptions, LocalLab
 
 
@@ -28,8 +30,9 @@ def up(options: LabOptions, *, keep: bool, steps: bool, console: Console) -> int
         return 1
     try:
         with lab.ssh:
-            outcomes = _story(lab, console) if steps else _straight(lab, console)
+            outcomes, pictures = _story(lab, console) if steps else _straight(lab, console)
         console.log(f"lab {name}: up and checked in {time.monotonic() - started:.1f} s")
+        show_pictures(console, pictures)
         if keep:
             _print_how_to_explore(lab)
         return 0 if all(outcome.passed for outcome in outcomes) else 1
@@ -42,16 +45,16 @@ def up(options: LabOptions, *, keep: bool, steps: bool, console: Console) -> int
             console.log(f"lab {name}: removed")
 
 
-def _straight(lab: LocalLab, console: Console) -> Sequence[Outcome]:
+def _straight(lab: LocalLab, console: Console) -> tuple[Sequence[Outcome], list[Path]]:
     lifecycle.bootstrap(lab)
     lab.start_pods()
     outcomes, causes = lab.run_checks()
     console.print(outcome_table(outcomes, causes))
     print_failures(console, outcomes, causes)
-    return outcomes
+    return outcomes, draw_checks(lab, "checks", outcomes, causes, lab.vpc_facts())
 
 
-def _story(lab: LocalLab, console: Console) -> Sequence[Outcome]:
+def _story(lab: LocalLab, console: Console) -> tuple[Sequence[Outcome], list[Path]]:
     stages = story.replay(lab)
     console.print(story_table([(stage.title, stage.outcomes) for stage in stages]))
     for stage in stages:  # why each FAIL failed, stage by stage
@@ -61,7 +64,36 @@ def _story(lab: LocalLab, console: Console) -> Sequence[Outcome]:
                 console.print(f"  {name}: {cause}")
     final = stages[-1]
     print_failures(console, final.outcomes, final.causes)
-    return final.outcomes
+    pictures = [file for stage in stages
+                for file in draw_checks(lab, f"checks-{stage.slug}", stage.outcomes,
+                                        stage.causes, stage.vpc, title=stage.title)]
+    return final.outcomes, pictures
+
+
+def draw_checks(lab: LocalLab, what: str, outcomes: Sequence[Outcome],
+                causes: Mapping[str, str], vpc: VpcFacts,
+                title: str = "the checks") -> list[Path]:
+    """The topology with each check's path, as out/<lab>/<what>.svg (and .png); a missing
+    or failing `dot` costs the picture only, with a note."""
+    paths = picture.check_paths(lab.layout, lab.pods, outcomes, causes)
+    try:
+        return picture.render(lab.layout, lab.pods, paths,
+                              picture.picture_stem(lab.layout.lab, what), vpc=vpc,
+                              title=title)
+    except picture.PictureError as error:
+        lab.console.print(f"[yellow]no picture of the checks:[/] {error}", soft_wrap=True)
+        return []
+
+
+def show_pictures(console: Console, files: Sequence[Path]) -> None:
+    """Where the pictures are: each SVG (open it in a browser), and the PNGs beside them."""
+    here = Path.cwd()
+    svgs = [str(file.relative_to(here)) if file.is_relative_to(here) else str(file)
+            for file in files if file.suffix == ".svg"]
+    if svgs:
+        beside = "each" if len(svgs) > 1 else "it"
+        pngs = f" (and a .png beside {beside})" if any(f.suffix == ".png" for f in files) else ""
+        console.print(f"The checks, drawn: {', '.join(svgs)}{pngs}", soft_wrap=True)
 
 
 def _print_how_to_explore(lab: LocalLab) -> None:
@@ -104,11 +136,16 @@ def check(name: str, console: Console) -> int:
         if record:
             exercise.refresh_pods(lab)
         outcomes, causes = lab.run_checks()
+        # With an exercise open, the picture hides the causes too: the boxes show the plan.
+        pictures = draw_checks(lab, "checks", outcomes, {} if record else causes,
+                               VpcFacts() if record else lab.vpc_facts())
         if record:
             console.print(outcome_table(outcomes, {}))
+            show_pictures(console, pictures)
             return 0 if exercise.verdict(lab, record, outcomes, console) else 1
     console.print(outcome_table(outcomes, causes))
     print_failures(console, outcomes, causes)
+    show_pictures(console, pictures)
     return 0 if all(outcome.passed for outcome in outcomes) else 1
 
 

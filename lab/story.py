@@ -13,11 +13,13 @@ failure into a pass:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from bootstrap import node_network
 from bootstrap.remote import RemoteNode
 from bootstrap.verify.checks import Outcome
+from bootstrap.verify.diagnose import VpcFacts
 from lab import network
 from lab.lifecycle import LocalLab, bootstrap
 
@@ -27,6 +29,12 @@ class Stage:
     title: str
     outcomes: list[Outcome]
     causes: dict[str, str]
+    vpc: VpcFacts  # what the VPC router did at this stage
+
+    @property
+    def slug(self) -> str:
+        """The title as a file name: "2 +FORWARD" -> "2-forward"."""
+        return "-".join(re.findall(r"[a-z0-9]+", self.title.lower()))
 
 
 def apply_forward_rules(lab: LocalLab, node: RemoteNode) -> None:
@@ -41,7 +49,7 @@ def apply_forward_rules(lab: LocalLab, node: RemoteNode) -> None:
 def _checks(lab: LocalLab, title: str) -> Stage:
     outcomes, causes = lab.run_checks()
     lab.console.log(f"{title}: {sum(o.passed for o in outcomes)}/{len(outcomes)} as expected")
-    return Stage(title, outcomes, causes)
+    return Stage(title, outcomes, causes, lab.vpc_facts())
 
 
 def replay(lab: LocalLab) -> list[Stage]:

@@ -9,6 +9,7 @@ import os
 import secrets
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from rich.console import Console
 
 from bootstrap import node_network
 from bootstrap.ssh import NodeSSH
-from lab import lifecycle, network, nodes, story
+from lab import lifecycle, network, nodes, picture, story
 from lab.__main__ import main as lab_main
 from lab.netns_socket import connect_in_namespace
 
@@ -325,6 +326,10 @@ def test_the_story_turns_each_failure_into_a_pass():
         across,
         [],
     ]
+    # What each stage's picture shows of the VPC: routes from stage 4, checks off at 5.
+    assert [set(stage.vpc.routed.values()) for stage in stages] == [{False}] * 3 + [{True}] * 2
+    assert stages[3].vpc.source_dest_check["worker-1"]
+    assert set(stages[4].vpc.source_dest_check.values()) == {False}
     assert "FORWARD dropped on worker-1" in stages[0].causes["pod to pod, same node"]
     assert "no NAT on worker-1" in stages[1].causes["pod to internet"]
     assert "no route" in stages[2].causes["pod to pod, across nodes"]
@@ -346,6 +351,11 @@ def test_the_cli_keeps_a_lab_that_another_process_removes_idempotently():
         assert kept.returncode == 0, kept.stdout + kept.stderr
         assert "pod to internet" in kept.stdout and "FAIL" not in kept.stdout
         assert f"--name {name} enter worker-1" in kept.stdout
+        drawn = picture.picture_stem(name, "checks").with_suffix(".svg")
+        assert "The checks, drawn: " in kept.stdout and f"{name}/checks.svg" in kept.stdout
+        svg = ET.parse(drawn).getroot()
+        assert svg.tag == "{http://www.w3.org/2000/svg}svg"
+        assert "bash-worker-1" in "".join(svg.itertext())
         on_node = lab_cli(name, "enter", "worker-1", "-c", "hostname; ip -4 -br addr show cni0")
         assert on_node.stdout.split()[:4] == ["worker-1", "cni0", "UP", "10.244.1.1/24"]
         in_pod = lab_cli(name, "enter", "worker-1", "bash-worker-1", "-c",
