@@ -4,7 +4,7 @@ PY := .venv/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: setup venv lab down check status run ssh phases test lint bench install-cni \
-	exercises exercise hint solution
+	exercises exercise hint solution pods pod-run pod-exec pod-delete
 setup:
 	@scripts/install-deps
 
@@ -30,7 +30,7 @@ status: $(TARGET_SETUP)
 	$(PY) -m lab status $(ON_STACK)
 
 run: $(TARGET_SETUP)
-	$(PY) -m lab run "$(PHASES)" $(ON_STACK)
+	$(PY) -m lab bootstrap "$(PHASES)" $(ON_STACK)
 
 # Practise: break one thing for the learner to fix (README, "Practise").
 exercises: venv
@@ -44,6 +44,20 @@ hint: $(TARGET_SETUP)
 
 solution: $(TARGET_SETUP)
 	@$(PY) -m lab solution $(ON_STACK)
+
+# Pods on a kept lab, as kubectl would (README, "Play with pods"); python -m lab run, exec
+# and delete do the same with --name for another lab.
+pods: setup
+	@$(PY) -m lab pods
+
+pod-run: setup
+	$(PY) -m lab run "$(POD)" $(if $(NODE),--node "$(NODE)")
+
+pod-exec: setup
+	@$(PY) -m lab exec "$(POD)" -- $(CMD)
+
+pod-delete: setup
+	$(PY) -m lab delete "$(POD)"
 
 ssh: venv
 	$(PY) -m lab ssh "$(NODE)" --stack "$(STACK)"

@@ -6,9 +6,10 @@
     enter  a shell on a node of a kept lab, or inside one of its pods
     check  the connectivity checks on a kept lab, with the likely cause of each failure
     status what each node of a kept lab holds, marked where it differs from the plan
-    run    run bootstrap phases (comma-separated) on a kept lab, idempotently
-    ssh    an interactive shell on a node of a Pulumi stack (check, status and run also
-           take --stack NAME)
+    bootstrap  run bootstrap phases (comma-separated) on a kept lab, idempotently
+    ssh    an interactive shell on a node of a Pulumi stack (check, status and bootstrap
+           also take --stack NAME)
+    pods, run, exec, delete  list, start, use and remove a kept lab's pods, as kubectl does
     exercises  list the exercises; exercise [NAME] breaks the lab for you to fix;
            hint, solution help with the open one (each also takes --stack NAME)
 """
@@ -56,9 +57,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     verbs.add_parser("check", parents=[on_stack], help="run the connectivity checks")
     verbs.add_parser("status", parents=[on_stack],
                      help="what each node holds, against the plan")
-    run = verbs.add_parser("run", parents=[on_stack],
-                           help="run bootstrap phases, idempotently (make phases lists them)")
-    run.add_argument("phases", type=phase_list, help="comma-separated: node-network,cni; or all")
+    phases = verbs.add_parser("bootstrap", parents=[on_stack],
+                              help="run bootstrap phases, idempotently (make phases lists them)")
+    phases.add_argument("phases", type=phase_list,
+                        help="comma-separated: node-network,cni; or all")
+    add_pod_verbs(verbs)
     verbs.add_parser("exercises", parents=[on_stack], help="list the exercises")
     exercise = verbs.add_parser("exercise", parents=[on_stack],
                                 help="inject one fault for you to find and fix")
@@ -72,6 +75,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ssh.add_argument("node")
     ssh.add_argument("--stack", required=True, help="the Pulumi stack")
     return parser.parse_args(argv)
+
+
+def add_pod_verbs(verbs: argparse._SubParsersAction) -> None:
+    verbs.add_parser("pods", help="the kept lab's pods: node, address, running or not")
+    run = verbs.add_parser("run", help="start a pod (CNI ADD) running the echo server")
+    run.add_argument("pod", help="its name: a DNS label, e.g. web-2")
+    run.add_argument("--node", help="where it runs (default: the first worker, worker-1)")
+    execute = verbs.add_parser("exec", help="run a command in a pod (a shell if none)",
+                               usage="python -m lab exec POD [-- COMMAND ...]")
+    execute.add_argument("pod", help="its name (pods lists them); its node is found for you")
+    execute.add_argument("command", nargs=argparse.REMAINDER,
+                         help="the command and its arguments, after --")
+    delete = verbs.add_parser("delete", help="remove a pod (CNI DEL)")
+    delete.add_argument("pod", help="its name (pods lists them)")
 
 
 def phase_list(value: str) -> list[str]:
@@ -143,7 +160,7 @@ def on_stack(args: argparse.Namespace, console: Console) -> int:
             return stack_commands.check(stack, console)
         if args.verb == "status":
             return stack_commands.status(stack, console)
-        if args.verb == "run":
+        if args.verb == "bootstrap":
             return stack_commands.run(stack, args.phases)
         if args.verb == "ssh":
             return stack_commands.ssh(stack, args.node)
@@ -162,7 +179,7 @@ def on_stack(args: argparse.Namespace, console: Console) -> int:
 
 
 def _on_kept_lab(args: argparse.Namespace, console: Console) -> int:
-    from lab import cli, exercise
+    from lab import cli, exercise, pods
 
     if args.verb == "exercise":
         return exercise.start(args.name, args.exercise or None, args.node, console)
@@ -177,9 +194,17 @@ def _on_kept_lab(args: argparse.Namespace, console: Console) -> int:
         return cli.check(args.name, console)
     if args.verb == "status":
         return cli.status(args.name, console)
-    if args.verb == "run":
+    if args.verb == "bootstrap":
         return cli.run(args.name, args.phases, console)
-    return cli.enter(args.name, args.node, args.pod, args.command, console)
+    if args.verb == "pods":
+        return pods.show(args.name, console)
+    if args.verb == "run":
+        return pods.run(args.name, args.pod, args.node, console)
+    if args.verb == "exec":
+        return pods.execute(args.name, args.pod, args.command, console)
+    if args.verb == "delete":
+        return pods.delete(args.name, args.pod, console)
+    return cli.enter(args.name, args.node, args.pod, args.command)
 
 
 if __name__ == "__main__":

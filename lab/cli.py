@@ -1,4 +1,4 @@
-"""What `python -m lab up|down|enter|check|status|run` do, kept apart from argument parsing."""
+"""What `python -m lab up|down|enter|check|status|bootstrap` do, apart from argument parsing."""
 
 from __future__ import annotations
 
@@ -103,6 +103,7 @@ def _print_how_to_explore(lab: LocalLab) -> None:
     lab.console.print(
         f"The lab is up. Enter a node: [bold]python -m lab --name {name} enter {node}[/]\n"
         f"Enter a pod:  [bold]python -m lab --name {name} enter {node} {pod}[/]\n"
+        f"Its pods:     [bold]python -m lab --name {name} pods[/] (and run, exec, delete)\n"
         f"Remove it:    [bold]make down[/] (or python -m lab --name {name} down)")
 
 
@@ -172,15 +173,8 @@ def down(name: str, console: Console) -> int:
     return 0
 
 
-def enter(name: str, node: str, pod: str | None, command: str | None,
-          console: Console) -> int:
+def enter(name: str, node: str, pod: str | None, command: str | None) -> int:
     """A shell in the node's namespaces (net, mount, hostname), or in a pod's network."""
-    pid_file = nodes.node_dir(name, node) / "sshd.pid"
-    if not pid_file.exists():
-        console.print(f"[red]no node {node} in a lab lab {name}[/] (is it up with --keep?)")
-        return 1
-    argv = ["nsenter", "-t", pid_file.read_text().strip(), "-m", "-u", "-n"]
-    argv += ["ip", "netns", "exec", pod] if pod else []
-    argv += ["bash", "-c", command] if command else ["bash"]
+    argv = nodes.enter_argv(name, node, pod, ["bash", "-c", command] if command else ["bash"])
     os.execvp(argv[0], argv)
     return 0  # not reached

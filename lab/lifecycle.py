@@ -27,6 +27,8 @@ from bootstrap.verify.checks import (
     Endpoint,
     Outcome,
     PodInfo,
+    Role,
+    SeedPod,
     lab_checks,
     pod_hosts,
     run_checks,
@@ -49,6 +51,14 @@ CLIENT_KEY_FILE = "login_key"
 
 class LabExists(LabError):
     """A lab of that name is up already: two labs must not share namespace names."""
+
+
+@dataclass(frozen=True)
+class PodOnNode:
+    """A pod as its node's runtime reports it."""
+
+    ip: str
+    running: bool  # its netns exists and its workload process lives in it
 
 
 @dataclass(frozen=True)
@@ -93,13 +103,8 @@ class LocalLab:
         """The seed lab's pods (deploy.yaml), through the runtime stand-in on their nodes.
         With one worker the control plane runs pods too: lab nodes have no taint."""
         def start(name: str) -> list[PodInfo]:
-            started = []
-            for pod in (pod for pod in seed_pods(hosts) if pod.node == name):
-                result = self.ssh.node(name).run(f"{RUNTIME} run {pod.name} --port {WEB_PORT}",
-                                                 timeout=60, quiet=True)
-                ip = json.loads(result.output.strip().splitlines()[-1])["ip"]
-                started.append(PodInfo(pod.name, name, ip, pod.role))
-            return started
+            return [self.run_pod(pod.name, name, pod.role)
+                    for pod in seed_pods(hosts) if pod.node == name]
 
         hosts = pod_hosts(self.plan)
         by_node = self.ssh.on_all(lambda node: start(node.name), hosts)
@@ -108,10 +113,40 @@ class LocalLab:
         self.console.log("pods: " + ", ".join(f"{pod.name} {pod.ip}" for pod in self.pods))
         return self.pods
 
+    def run_pod(self, name: str, node: str, role: Role) -> PodInfo:
+        """A pod sandbox, CNI ADD and its echo server, as a kubelet has containerd make them;
+        if any step fails, the runtime undoes the others."""
+        output = self._runtime(node, f"run {shlex.quote(name)} --port {WEB_PORT}")
+        return PodInfo(name, node, json.loads(output.splitlines()[-1])["ip"], role)
+
+    def stop_pod(self, pod: PodInfo) -> None:
+        """The workload stopped, CNI DEL, the netns removed; a pod already gone is fine."""
+        self._runtime(pod.node, f"stop {shlex.quote(pod.name)}")
+
+    def pods_on_node(self, node: str) -> dict[str, PodOnNode]:
+        """What the node's runtime knows of its pods, by name: address and running."""
+        listed = json.loads(self._runtime(node, "list").splitlines()[-1])
+        return {pod["name"]: PodOnNode(pod["ip"], pod["running"]) for pod in listed}
+
+    def _runtime(self, node: str, arguments: str) -> str:
+        result = self.ssh.node(node).run(f"{RUNTIME} {arguments}", timeout=60, check=False,
+                                         quiet=True)
+        if not result.ok:  # the runtime's own one-line error is the last line
+            lines = result.output.strip().splitlines() or [f"exit status {result.exit_code}"]
+            raise LabError(f"{node}: {lines[-1]}")
+        return result.output
+
     # -- checks -----------------------------------------------------------------------------
 
     def run_checks(self) -> tuple[list[Outcome], dict[str, str]]:
-        """The checks, and for each failure its likely cause."""
+        """The checks, and for each failure its likely cause. They probe the seed pods:
+        LabError, naming the command that starts each again, if one was deleted."""
+        missing = missing_seed_pods(self.plan, self.pods)
+        if missing:
+            starts = "; ".join(start_pod_command(self.layout.lab, pod.name, pod.node)
+                               for pod in missing)
+            raise LabError(f"the checks need the seed lab's pod(s) "
+                           f"{', '.join(pod.name for pod in missing)}: start them with {starts}")
         public_ips = {node.name: str(node.public_ip) for node in self.layout.nodes}
         internet = Endpoint("internet", "internet", str(INTERNET_HOST.ip))
         checks = lab_checks(self.plan, public_ips, self.pods, internet, INTERNET_ECHO_PORT)
@@ -127,6 +162,15 @@ class LocalLab:
         routed = {node.name: f" via {node.private_ip} " in routes.get(str(node.pod_cidr), "")
                   for node in self.plan.nodes}
         return VpcFacts(routed, network.source_dest_checked(self.layout))
+
+
+def missing_seed_pods(plan: Plan, pods: Sequence[PodInfo]) -> list[SeedPod]:
+    present = {(pod.name, pod.node) for pod in pods}
+    return [pod for pod in seed_pods(pod_hosts(plan)) if (pod.name, pod.node) not in present]
+
+
+def start_pod_command(lab: str, pod: str, node: str) -> str:
+    return f"`python -m lab --name {lab} run {pod} --node {node}`"
 
 
 class LabProber:
@@ -235,7 +279,7 @@ def attach(name: str, console: Console, *, deadline: float = 10.0) -> LocalLab:
         state = json.loads((directory / STATE_FILE).read_text())
         private_key = (directory / CLIENT_KEY_FILE).read_text()
     except FileNotFoundError:
-        raise LabError(f"no lab named {name} is up: start one with `make lab KEEP=1`") from None
+        raise nodes.lab_not_up(name) from None
     layout = lab_layout(name, state["nodeCount"])
     lab = _connect(layout, state["hostKeys"], private_key, state["user"], console, deadline)
     lab.pods = [PodInfo(**pod) for pod in state["pods"]]

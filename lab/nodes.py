@@ -12,6 +12,7 @@ import shlex
 import shutil
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +67,22 @@ def lab_dir(lab: str) -> Path:
 
 def node_dir(lab: str, node: str) -> Path:
     return lab_dir(lab) / "nodes" / node
+
+
+def lab_not_up(lab: str) -> LabError:
+    return LabError(f"no lab named {lab} is up: start one with `make lab KEEP=1`")
+
+
+def enter_argv(lab: str, node: str, pod: str | None, command: Sequence[str]) -> list[str]:
+    """The command in a node's namespaces (net, mount, hostname), or in one of its pods'."""
+    if not lab_dir(lab).exists():
+        raise lab_not_up(lab)
+    pid_file = node_dir(lab, node) / "sshd.pid"
+    if not pid_file.exists():
+        known = sorted(path.name for path in (lab_dir(lab) / "nodes").iterdir())
+        raise LabError(f"no node {node!r} in lab {lab}: pick one of {', '.join(known)}")
+    argv = ["nsenter", "-t", pid_file.read_text().strip(), "-m", "-u", "-n"]
+    return argv + (["ip", "netns", "exec", pod] if pod else []) + list(command)
 
 
 def upper_dir(lab: str, node: str, path: str) -> Path:

@@ -3,6 +3,7 @@
 
     pod_runtime.py run NAME --port PORT   create the pod netns, CNI ADD, start the workload
     pod_runtime.py stop NAME              stop the workload, CNI DEL, remove the netns
+    pod_runtime.py list                   each pod started here: name, address, running
 
 Like libcni it reads the first *.conflist in /etc/cni/net.d, runs each plugin from
 /opt/cni/bin with the CNI_* variables and the plugin's config on stdin (adding name,
@@ -17,6 +18,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -30,6 +32,8 @@ STATE_DIR = Path("/var/lib/k8s-cni-lab/pods")
 LOG_DIR = Path("/var/log/pods")
 WORKLOAD = Path(__file__).with_name("echo_server.py")
 IFNAME = "eth0"
+# A pod's name names its netns and its files here; Kubernetes makes it a DNS label.
+POD_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
 class PodRuntimeError(Exception):
@@ -59,6 +63,13 @@ def invoke(conflist: dict, plugin: dict, command: str, pod: dict, prev: dict | N
     return json.loads(output) if output.strip() else {}
 
 
+def name_problem(name: str) -> str | None:
+    if POD_NAME.match(name):
+        return None
+    return (f"{name!r} is not a pod name: use up to 63 lowercase letters, digits or '-', "
+            "starting and ending with a letter or digit (e.g. web-2)")
+
+
 def pod_record(name: str) -> dict:
     # containerd's sandbox IDs are 64 hex characters; derive one so a retry reuses it.
     return {"name": name, "id": hashlib.sha256(name.encode()).hexdigest(),
@@ -71,7 +82,12 @@ def state_file(name: str) -> Path:
 
 def run_pod(name: str, port: int) -> dict:
     """Like RunPodSandbox: on any failure, undo what was done (no netns, no address kept)."""
+    problem = name_problem(name)
+    if problem:
+        raise PodRuntimeError(problem)
     pod = pod_record(name)
+    if state_file(name).exists() or Path(pod["netns"]).exists():
+        raise PodRuntimeError(f"a pod named {name} exists already on this node: stop it first")
     conflist = load_conflist()
     subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
     try:
@@ -144,6 +160,20 @@ def remove_pod(pod: dict, conflist: dict) -> None:
         subprocess.run(["ip", "netns", "del", pod["name"]], check=False, capture_output=True)
 
 
+def list_pods() -> list[dict]:
+    """Every pod started here and whether it runs, read from the kernel: its netns exists and
+    its workload process lives in that netns (what `crictl pods` reports as Ready)."""
+    pods = [json.loads(path.read_text()) for path in sorted(STATE_DIR.glob("*.json"))]
+    return [{"name": pod["name"], "ip": pod["ip"], "running": is_running(pod)} for pod in pods]
+
+
+def is_running(pod: dict) -> bool:
+    try:
+        return os.stat(f"/proc/{pod['pid']}/ns/net").st_ino == os.stat(pod["netns"]).st_ino
+    except OSError:  # the process or the netns is gone
+        return False
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -151,10 +181,13 @@ def main(argv: list[str]) -> int:
     run_args.add_argument("name")
     run_args.add_argument("--port", type=int, required=True)
     verbs.add_parser("stop").add_argument("name")
+    verbs.add_parser("list")
     args = parser.parse_args(argv)
     try:
         if args.verb == "run":
             print(json.dumps(run_pod(args.name, args.port)))
+        elif args.verb == "list":
+            print(json.dumps(list_pods()))
         else:
             stop_pod(args.name)
     except Exception as error:  # one line for the operator; nothing was left behind

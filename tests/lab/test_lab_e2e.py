@@ -4,6 +4,7 @@ pods and the connectivity checks. Root only; every lab is removed even when a te
 from __future__ import annotations
 
 import io
+import json
 import os
 import secrets
 import subprocess
@@ -19,6 +20,7 @@ from rich.console import Console
 from bootstrap import node_network
 from bootstrap.ssh import NodeSSH
 from lab import lifecycle, network, nodes, picture, story
+from lab.__main__ import main as lab_main
 from lab.netns_socket import connect_in_namespace
 
 pytestmark = [
@@ -199,6 +201,93 @@ def test_a_reboot_then_the_boot_unit_restores_every_check(running_lab):
     assert failures(running_lab) == {}
 
 
+FAILING_PLUGIN = b"""#!/bin/sh
+# A second plugin that refuses every ADD: the runtime must undo the first one's.
+cat >/dev/null
+[ "$CNI_COMMAND" = DEL ] && exit 0
+echo '{"cniVersion": "1.0.0", "code": 11, "msg": "refused by the test"}'; exit 1
+"""
+
+
+def pod_rows(out: str) -> dict[str, list[str]]:
+    """The `pods` table's rows by name: state, address, node."""
+    cells = [[cell.strip() for cell in line.split("│")[1:-1]] for line in out.splitlines()]
+    return {row[0]: row[1:] for row in cells if len(row) == 4 and row[0] != "name"}
+
+
+def test_pods_are_run_listed_used_and_deleted_as_with_kubectl(running_lab, capfd):
+    """run, pods, exec (a ping across nodes), delete and each bad input through the command
+    line entry, on the module's lab kept up: every error one line, nothing half-made."""
+    name = running_lab.layout.lab
+    worker = running_lab.ssh.node("worker-1")
+
+    def lab(*args: str, on: str = name) -> tuple[int, str]:
+        code = lab_main(["--name", on, *args])
+        out, err = capfd.readouterr()
+        assert "Traceback" not in out + err
+        return code, out + err
+
+    def refused(*args: str, on: str = name) -> str:
+        code, out = lab(*args, on=on)
+        assert code == 1 and out.count("\n") == 1, out
+        return out
+
+    conflist = worker.read_file(str(node_network.NODE_FILES.conflist))
+    assert conflist is not None
+    failing = json.loads(conflist[0])
+    failing["plugins"].append({"type": "fail-add"})
+    reserved = "ls /var/lib/cni/networks/lab-net"
+    try:
+        code, out = lab("run", "web-x", "--node", "worker-2")
+        assert code == 0 and out.startswith("pod/web-x running on worker-2 at 10.244.2."), out
+        address = out.split(" at ")[1].strip()
+        code, out = lab("pods")
+        rows = pod_rows(out)
+        assert code == 0 and rows["web-x"] == ["running", address, "worker-2"]
+        assert rows["bash-worker-1"][0] == "running" and len(rows) == 5
+        code, out = lab("exec", "bash-worker-1", "--", "ping", "-c", "1", "-W", "5", address)
+        assert code == 0 and "1 received" in out, out
+        assert lab("exec", "web-x", "--", "sh", "-c", "exit 3")[0] == 3
+
+        assert "a pod named web-x runs already on worker-2" in refused("run", "web-x")
+        assert "'Web_X' is not a pod name" in refused("run", "Web_X")
+        assert "no node 'worker-9'" in refused("run", "web-y", "--node", "worker-9")
+        assert "no pod named 'nope'" in refused("exec", "nope", "--", "true")
+        assert "no pod named 'nope'" in refused("delete", "nope")
+        absent = lab_name()
+        assert f"no lab named {absent} is up" in refused("pods", on=absent)
+
+        before = worker.run(reserved, timeout=30, quiet=True).output
+        worker.put_files([("/opt/cni/bin/fail-add", FAILING_PLUGIN, 0o755),
+                          ("/etc/cni/net.d/00-fail.conflist", json.dumps(failing).encode(),
+                           0o644)])
+        assert "CNI ADD by fail-add failed (1)" in refused("run", "doomed", "--node", "worker-1")
+        assert "doomed" not in worker.run("ip netns list", timeout=30, quiet=True).output
+        assert worker.run(reserved, timeout=30, quiet=True).output == before
+        assert "doomed" not in pod_rows(lab("pods")[1])
+
+        on_worker_2 = running_lab.ssh.node("worker-2")
+        on_worker_2.run("kill $(ip netns pids web-x); while ip netns pids web-x | grep -q .; "
+                        "do sleep 0.05; done", timeout=30, quiet=True)  # its workload dies
+        code, out = lab("pods")
+        assert code == 1 and pod_rows(out)["web-x"] == ["stopped", address, "worker-2"]
+
+        code, out = lab("delete", "web-x")
+        assert code == 0 and out == "pod/web-x deleted from worker-2\n"
+        assert "web-x" not in pod_rows(lab("pods")[1])
+        assert "web-x" not in on_worker_2.run("ip netns list", timeout=30, quiet=True).output
+        assert address not in on_worker_2.run(reserved, timeout=30, quiet=True).output
+
+        code, out = lab("delete", "nginx-worker-2")
+        assert code == 0 and "warning: make check needs nginx-worker-2" in out
+        assert "the checks need the seed lab's pod(s) nginx-worker-2" in refused("check")
+        assert lab("run", "nginx-worker-2", "--node", "worker-2")[0] == 0
+    finally:
+        worker.run("rm -f /opt/cni/bin/fail-add /etc/cni/net.d/00-fail.conflist", timeout=30)
+        running_lab.pods = lifecycle.attach(name, Console(file=io.StringIO())).pods
+    assert failures(running_lab) == {}
+
+
 def test_two_nodes_run_every_check_with_pods_on_the_control_plane():
     name = lab_name()
     try:
@@ -302,10 +391,10 @@ def test_a_kept_lab_is_checked_broken_by_hand_and_mended_by_one_phase():
         status = lab_cli(name, "status")
         assert status.returncode == 1
         assert "no FORWARD rule accepts the pod network" in status.stdout, status.stdout
-        unknown = lab_cli(name, "run", "node-netwrok")
+        unknown = lab_cli(name, "bootstrap", "node-netwrok")
         assert unknown.returncode == 1 and "unknown phase(s): node-netwrok" in unknown.stdout
         assert "Traceback" not in unknown.stdout + unknown.stderr
-        mended = lab_cli(name, "run", "node-network")
+        mended = lab_cli(name, "bootstrap", "node-network")
         assert mended.returncode == 0 and "[node-network]" in mended.stdout, mended.stdout
         assert lab_cli(name, "check").returncode == 0
     finally:
