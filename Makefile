@@ -4,7 +4,7 @@ PY := .venv/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: setup venv lab down check status run ssh phases test lint bench install-cni \
-	exercises exercise hint solution pods pod-run pod-exec pod-delete
+	exercises exercise hint solution pods pod-run pod-exec pod-delete trace
 setup:
 	@scripts/install-deps
 
@@ -28,6 +28,10 @@ check: $(TARGET_SETUP)
 
 status: $(TARGET_SETUP)
 	$(PY) -m lab status $(ON_STACK)
+
+# One probe, hop by hop: make trace FROM=bash-worker-1 TO=nginx-worker-2 [PORT=8080]
+trace: setup
+	$(PY) -m lab trace "$(FROM)" "$(TO)" $(if $(PORT),--port $(PORT))
 
 run: $(TARGET_SETUP)
 	$(PY) -m lab bootstrap "$(PHASES)" $(ON_STACK)

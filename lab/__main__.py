@@ -6,6 +6,7 @@
     enter  a shell on a node of a kept lab, or inside one of its pods
     check  the connectivity checks on a kept lab, with the likely cause of each failure
     status what each node of a kept lab holds, marked where it differs from the plan
+    trace  one probe between two endpoints of a kept lab, traced hop by hop by the kernel
     bootstrap  run bootstrap phases (comma-separated) on a kept lab, idempotently
     ssh    an interactive shell on a node of a Pulumi stack (check, status and bootstrap
            also take --stack NAME)
@@ -57,6 +58,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     verbs.add_parser("check", parents=[on_stack], help="run the connectivity checks")
     verbs.add_parser("status", parents=[on_stack],
                      help="what each node holds, against the plan")
+    trace = verbs.add_parser("trace", help="one probe, hop by hop, with the rules it met")
+    trace.add_argument("source", help="a pod, a node, internet, or an address")
+    trace.add_argument("target", help="a pod, a node, internet, or an address")
+    trace.add_argument("--port", type=int, help="probe this TCP port with HTTP (default: "
+                       "a pod's web server, the internet's echo server, else a ping)")
     phases = verbs.add_parser("bootstrap", parents=[on_stack],
                               help="run bootstrap phases, idempotently (make phases lists them)")
     phases.add_argument("phases", type=phase_list,
@@ -196,6 +202,10 @@ def _on_kept_lab(args: argparse.Namespace, console: Console) -> int:
         return cli.status(args.name, console)
     if args.verb == "bootstrap":
         return cli.run(args.name, args.phases, console)
+    if args.verb == "trace":
+        from lab import trace
+
+        return trace.trace(args.name, args.source, args.target, args.port, console)
     if args.verb == "pods":
         return pods.show(args.name, console)
     if args.verb == "run":

@@ -1,0 +1,449 @@
+"""`make trace FROM= TO= [PORT=]`: one real probe on a kept lab, traced hop by hop by the
+kernel in every namespace it may cross, as a table and a picture.
+
+The trace agent (bootstrap/verify/trace_agent.py) runs in each of the lab's namespaces, the
+probe is sent the way its check sends it, then every agent removes its rules and returns
+what the kernel traced; bootstrap/verify/trace.py turns that into hops and reasons.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import shlex
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from bootstrap.errors import LabError
+from bootstrap.verify import trace_agent
+from bootstrap.verify.checks import (
+    WEB_PORT,
+    Check,
+    Endpoint,
+    Outcome,
+    PodInfo,
+    ProbeResult,
+    lab_checks,
+    probe,
+)
+from bootstrap.verify.diagnose import failure_causes
+from bootstrap.verify.facts import read_node_facts
+from bootstrap.verify.trace import (
+    Flow,
+    Hop,
+    Stop,
+    TraceResult,
+    Verdict,
+    assemble,
+    drop_reason,
+    parse_monitor,
+    untraceable,
+    vanished_reason,
+)
+from infra.plan import Plan
+from lab import lifecycle, picture
+from lab.layout import INTERNET_ECHO_PORT, INTERNET_HOST, Layout
+from lab.lifecycle import LabProber, LocalLab
+
+AGENT = Path(trace_agent.__file__)
+AGENT_TIMEOUT_S = 10.0
+INTERNET, IGW, ROUTER = picture.INTERNET, picture.IGW, picture.ROUTER
+
+
+class TraceError(LabError):
+    """Bad input (an endpoint the lab has not), or a namespace that cannot trace."""
+
+
+# -- endpoints and the probe (pure) ---------------------------------------------------------
+
+def endpoints(layout: Layout, pods: Sequence[PodInfo]) -> dict[str, Endpoint]:
+    """Every endpoint a trace may name, by name and by address: pods, nodes (private and
+    public address), each node's cni0 (the pods' gateway), the internet host."""
+    found: dict[str, Endpoint] = {}
+    internet = Endpoint("internet", INTERNET, str(INTERNET_HOST.ip))
+    found.update({INTERNET: internet, internet.ip: internet})
+    for node in layout.nodes:
+        planned = node.planned
+        own = Endpoint("node", node.name, str(planned.private_ip), node.name)
+        found.update({node.name: own, own.ip: own,
+                      str(node.public_ip): Endpoint("node", node.name, str(node.public_ip),
+                                                    node.name),
+                      str(planned.gateway): Endpoint("node", f"{node.name} cni0",
+                                                     str(planned.gateway), node.name)})
+    for pod in pods:
+        endpoint = Endpoint("pod", pod.name, pod.ip, pod.node)
+        found.update({pod.name: endpoint, pod.ip: endpoint})
+    return found
+
+
+def resolve(layout: Layout, pods: Sequence[PodInfo], text: str, *, sending: bool) -> Endpoint:
+    known = endpoints(layout, pods)
+    endpoint = known.get(text)
+    if endpoint is None:
+        raise TraceError(
+            f"unknown endpoint {text!r}: name a pod ({', '.join(p.name for p in pods)}), a "
+            f"node ({', '.join(n.name for n in layout.nodes)}), internet, or one of their "
+            "addresses (`make status`, `python -m lab pods`)")
+    if sending and endpoint.name.endswith(" cni0"):
+        raise TraceError(f"{text} is {endpoint.name}, a pod gateway: it cannot send a probe; "
+                         f"trace FROM={endpoint.node} (the node) instead")
+    return endpoint
+
+
+def trace_check(checks: Sequence[Check], source: Endpoint, target: Endpoint,
+                port: int | None) -> Check:
+    """The check of `make lab` between these endpoints, if there is one (so the probe is
+    sent as it sends it); else the same kind of probe: HTTP to a pod's web server or to the
+    internet's, or to `port`; a ping to anything else."""
+    for check in checks:
+        if check.source == source and check.target == target and port in (None, check.port):
+            return check
+    if port is None and target.kind in ("pod", "internet"):
+        port = WEB_PORT if target.kind == "pod" else INTERNET_ECHO_PORT
+    name = f"{source.name} to {target.name}"
+    if port is None:
+        return Check(name, source, target, "ping")
+    return Check(name, source, target, "http", port)
+
+
+def flow_of(layout: Layout, check: Check) -> Flow:
+    """The probe's packets; a node's public address is translated to its private one on the
+    way in, so both are the target's."""
+    targets = [check.target.ip]
+    for node in layout.nodes:
+        if check.target.ip == str(node.public_ip):
+            targets.append(str(node.planned.private_ip))
+    if check.method == "ping":
+        return Flow("icmp", tuple(targets))
+    return Flow("tcp", tuple(targets), check.port)
+
+
+def places(layout: Layout) -> dict[str, str]:
+    """Every namespace a probe may cross, by what it stands for."""
+    return {INTERNET: layout.internet_ns, IGW: layout.igw_ns, ROUTER: layout.router_ns,
+            **{node.name: node.namespace for node in layout.nodes}}
+
+
+# -- running the agents -----------------------------------------------------------------------
+
+@dataclass
+class Agent:
+    place: str
+    process: subprocess.Popen[str]
+
+
+def start_agents(layout: Layout, flow: Flow) -> list[Agent]:
+    """One agent per namespace, each in its own session: a Ctrl-C reaches only us, and we
+    stop them; if we die, their standard input closes and they clean up anyway."""
+    agents = []
+    for place, namespace in places(layout).items():
+        spec = flow.agent_spec(bridge=place == ROUTER)
+        process = subprocess.Popen(
+            ["ip", "netns", "exec", namespace, "/usr/bin/python3", "-IS", str(AGENT),
+             json.dumps(spec)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True)
+        agents.append(Agent(place, process))
+    return agents
+
+
+def wait_ready(agents: Sequence[Agent]) -> None:
+    for agent in agents:
+        assert agent.process.stdout is not None
+        line = agent.process.stdout.readline().strip()
+        if line != trace_agent.READY:
+            rest = agent.process.stdout.read() if agent.process.poll() is not None else ""
+            reason = untraceable(line + "\n" + rest) or line or "it stopped"
+            raise TraceError(f"cannot trace in {agent.place}: {reason}")
+
+
+def stop_agents(agents: Sequence[Agent]) -> dict[str, str]:
+    """Close every agent's input (each removes its rules and reports), and collect."""
+    for agent in agents:
+        if agent.process.stdin:
+            agent.process.stdin.close()
+            agent.process.stdin = None  # communicate() must not write to it
+    outputs = {}
+    for agent in agents:
+        try:
+            output, _ = agent.process.communicate(timeout=AGENT_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            agent.process.terminate()  # it still cleans up on SIGTERM
+            output, _ = agent.process.communicate(timeout=AGENT_TIMEOUT_S)
+        outputs[agent.place] = traced_part(output)
+    return outputs
+
+
+def traced_part(output: str) -> str:
+    """What the agent's monitor saw: the lines after its TRACE mark."""
+    lines = output.splitlines()
+    if trace_agent.OUTPUT_MARK not in lines:
+        return ""
+    return "\n".join(lines[lines.index(trace_agent.OUTPUT_MARK) + 1:])
+
+
+def traced_probe(lab: LocalLab, check: Check, flow: Flow) -> tuple[ProbeResult, dict[str, str]]:
+    """The probe, with every agent listening; the agents are stopped whatever happens."""
+    agents: list[Agent] = []
+    try:
+        agents = start_agents(lab.layout, flow)
+        wait_ready(agents)
+        result = probe(LabProber(lab), check)
+    finally:
+        outputs = stop_agents(agents)
+    return result, outputs
+
+
+# -- what the trace means (the lab's facts) ---------------------------------------------------
+
+def _namespace_of(layout: Layout, place: str) -> str:
+    return places(layout)[place]
+
+
+def route_used(layout: Layout, hop: Hop) -> str:
+    """`ip route get` in the hop's namespace for the packet as it was routed there (its
+    error when there is none)."""
+    source, destination = hop.before[0], hop.after[1]  # routed after any DNAT
+    argv = ["ip", "-n", _namespace_of(layout, hop.place), "route", "get", destination]
+    if hop.inbound:
+        argv += ["from", source, "iif", hop.inbound]
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    text = (done.stdout if done.returncode == 0 else done.stderr).strip()
+    return text.splitlines()[0].replace("RTNETLINK answers: ", "") if text else ""
+
+
+def forwarding(layout: Layout, place: str) -> bool | None:
+    done = subprocess.run(["ip", "netns", "exec", _namespace_of(layout, place), "sysctl", "-n",
+                           "net.ipv4.ip_forward"], capture_output=True, text=True, check=False)
+    return done.stdout.strip() == "1" if done.returncode == 0 else None
+
+
+def place_of(endpoint: Endpoint) -> str:
+    return INTERNET if endpoint.kind == "internet" else endpoint.node or ""
+
+
+def explain(lab: LocalLab, check: Check, result: ProbeResult,
+            hops: Sequence[Hop]) -> TraceResult:
+    """Where and why the probe stopped: the first hop, in the packets' order, where the VPC
+    had no route for a pod address or a rule or policy dropped it (traced); else the hop
+    after which it vanished, or the source's own route; else the checks' diagnosis,
+    labelled as not traced."""
+    if result.reached:
+        return TraceResult(list(hops), True)
+    stop = _first_stop(lab, hops)
+    if stop is None and hops:
+        last = [hop for hop in hops if hop.direction == hops[-1].direction][-1]
+        stop = _vanished(lab, check, last)
+    if stop is None:
+        stop = _source_stop(lab, check) or _diagnosed(lab, check, result)
+    return TraceResult(list(hops), False, stop)
+
+
+def port_owners(layout: Layout) -> dict[str, str]:
+    return {node.router_port: node.name for node in layout.nodes}
+
+
+def pod_cidr_owner(plan: Plan, address: str) -> str:
+    """The node whose pod CIDR holds the address; "" for an address not a pod's."""
+    ip = ipaddress.ip_address(address)
+    return next((node.name for node in plan.nodes if ip in node.pod_cidr), "")
+
+
+def _first_stop(lab: LocalLab, hops: Sequence[Hop]) -> Stop | None:
+    routed = lab.vpc_facts().routed
+    owners = port_owners(lab.layout)
+    for hop in hops:
+        pods_node = pod_cidr_owner(lab.plan, hop.after[1])
+        if hop.place == ROUTER and pods_node and not routed.get(pods_node, True):
+            return Stop(ROUTER, hop.direction, f"no route: the VPC route table does not send "
+                        f"{pods_node}'s pod CIDR to it")
+        verdict = hop.dropped
+        if verdict is None:
+            continue
+        sender = pod_cidr_owner(lab.plan, hop.before[0])
+        if hop.place == IGW and sender:
+            return Stop(IGW, hop.direction,
+                        f"no NAT on {sender}: the internet gateway drops pod addresses")
+        return Stop(hop.place, hop.direction,
+                    drop_reason(hop, verdict, owners, str(lab.plan.pod_network)))
+    return None
+
+
+def _vanished(lab: LocalLab, check: Check, hop: Hop) -> Stop:
+    local = hop.place == place_of(check.target if hop.direction == "request" else check.source)
+    if local and hop.direction == "request":
+        return Stop(hop.place, hop.direction, f"reached {hop.place}, but {check.target.name} "
+                    "did not answer")
+    reason = vanished_reason(hop, route_used(lab.layout, hop), forwarding(lab.layout, hop.place),
+                             local)
+    return Stop(hop.place, hop.direction, reason)
+
+
+def _source_stop(lab: LocalLab, check: Check) -> Stop | None:
+    """Nothing traced anywhere: can the source route the packet at all?"""
+    source, place = check.source, place_of(check.source)
+    command = f"ip route get {shlex.quote(check.target.ip)}"
+    if source.kind == "pod":
+        code, _output = LabProber(lab).run(source, shlex.split(command))
+        if code != 0:
+            return Stop(place, "request", f"{source.name} on {source.node} has no default "
+                        "route: it reaches nothing beyond its own subnet")
+        return None
+    done = subprocess.run(["ip", "-n", _namespace_of(lab.layout, place), *command.split()[1:]],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        return Stop(place, "request", f"no route on {place} to {check.target.ip}")
+    return None
+
+
+def _diagnosed(lab: LocalLab, check: Check, result: ProbeResult) -> Stop:
+    outcome = Outcome(check, result, 0.0)
+    causes = failure_causes([outcome], lambda: read_node_facts(lab.ssh, lab.plan),
+                            lab.vpc_facts())
+    return Stop(place_of(check.source), "request", causes.get(check.name, ""), traced=False)
+
+
+# -- showing it ---------------------------------------------------------------------------------
+
+ARROWS = {"request": "→", "answer": "←"}
+
+
+def trace_table(check: Check, result: TraceResult) -> Table:
+    """One row per hop, in the style of the checks' table; the stopping hop in red."""
+    target = f"{check.target.ip}:{check.port}" if check.port else check.target.ip
+    table = Table(title=f"Trace: {check.source.name} → {check.target.name} "
+                        f"({'HTTP' if check.method == 'http' else check.method} {target})",
+                  title_justify="left")
+    for column in ("#", "hop", "in → out", "route", "rules matched (table: rule)",
+                   "addresses"):
+        table.add_column(column)
+    stop = result.stop
+    for number, hop in enumerate(result.hops, 1):
+        here = stop is not None and stop.place == hop.place and stop.direction == hop.direction
+        ports = [f" (port {port})" if port and port != name else ""
+                 for port, name in zip(hop.bridge_ports, (hop.inbound, hop.outbound), strict=True)]
+        rules = "\n".join(_rule_text(verdict) for verdict in hop.rules) or "[dim]none[/]"
+        table.add_row(f"{number} {ARROWS[hop.direction]}",
+                      f"[red]{hop.place}[/]" if here else hop.place,
+                      f"{hop.inbound or '(sent here)'}{ports[0]} → {_outbound(hop)}{ports[1]}",
+                      hop.route or "", rules, _addresses(hop))
+    return table
+
+
+def _rule_text(verdict: Verdict) -> str:
+    text = verdict.describe().replace("[", "\\[")
+    return f"[red]{text}[/]" if verdict.drops else text
+
+
+def _outbound(hop: Hop) -> str:
+    """The interface it left through; where no traced hook saw it leave (a namespace without
+    a filter table), the route's device, said so."""
+    if hop.outbound:
+        return hop.outbound
+    words = hop.route.split()
+    if "dev" in words[:-1] and words[0] != "local":
+        return f"{words[words.index('dev') + 1]} [dim](route)[/]"
+    return "-"
+
+
+def _addresses(hop: Hop) -> str:
+    before = f"{hop.before[0]} → {hop.before[1]}"
+    if not hop.translated:
+        return before
+    return f"{before}\n[yellow]NAT: {hop.after[0]} → {hop.after[1]}[/]"
+
+
+def verdict_line(result: TraceResult) -> str:
+    if result.arrived:
+        return "[green]arrived[/]: every hop passed it on"
+    assert result.stop is not None
+    how = "" if result.stop.traced else " [dim](not traced: from the nodes' configuration)[/]"
+    return f"[red]stopped at {result.stop.place}[/] ({result.stop.direction}): " \
+           f"{result.stop.reason}{how}"
+
+
+def element_path(layout: Layout, pods: Sequence[PodInfo], check: Check,
+                 result: TraceResult) -> tuple[str, ...]:
+    """The picture's boxes the traced packet passed, from the source on."""
+    ids = [picture.endpoint_element(layout, pods, check.source)]
+    for hop in result.hops:
+        if hop.direction != "request":
+            break
+        ids += _hop_elements(hop)
+    if result.arrived:
+        ids.append(picture.endpoint_element(layout, pods, check.target))
+    return tuple(element for index, element in enumerate(ids)
+                 if index == 0 or ids[index - 1] != element)
+
+
+def _hop_elements(hop: Hop) -> list[str]:
+    if hop.place in (INTERNET, IGW, ROUTER):
+        return [hop.place]
+    node, bridge = f"node:{hop.place}", f"bridge:{hop.place}"
+    return [*([bridge] if hop.inbound == "cni0" else []), node,
+            *([bridge] if hop.outbound == "cni0" else [])]
+
+
+def stop_element(result: TraceResult) -> str | None:
+    if result.stop is None:
+        return None
+    place = result.stop.place
+    return place if place in (INTERNET, IGW, ROUTER) else f"node:{place}"
+
+
+def draw(lab: LocalLab, check: Check, result: TraceResult) -> list[Path]:
+    path = picture.DrawnPath(
+        label=f"trace {check.source.name} -> {check.target.name}",
+        hops=element_path(lab.layout, lab.pods, check, result), passed=result.arrived,
+        stopped_at=stop_element(result), reason=result.stop.reason if result.stop else "")
+    try:
+        return picture.render(lab.layout, lab.pods, [path],
+                              picture.picture_stem(lab.layout.lab, "trace"),
+                              vpc=lab.vpc_facts(), title=path.label)
+    except picture.PictureError as error:
+        lab.console.print(f"[yellow]no picture of the trace:[/] {error}", soft_wrap=True)
+        return []
+
+
+# -- the verb -------------------------------------------------------------------------------
+
+def run_trace(lab: LocalLab, source_text: str, target_text: str,
+              port: int | None) -> tuple[Check, TraceResult]:
+    """Trace one probe on a lab (its SSH open); nothing is printed."""
+    source = resolve(lab.layout, lab.pods, source_text, sending=True)
+    target = resolve(lab.layout, lab.pods, target_text, sending=False)
+    if source == target or (source.node and source.node == target.node
+                            and source.kind == target.kind == "node"):
+        raise TraceError(f"{source_text} and {target_text} are the same endpoint: trace "
+                         "between two different ones")
+    public_ips = {node.name: str(node.public_ip) for node in lab.layout.nodes}
+    internet = endpoints(lab.layout, lab.pods)[INTERNET]
+    check = trace_check(lab_checks(lab.plan, public_ips, lab.pods, internet,
+                                   INTERNET_ECHO_PORT), source, target, port)
+    flow = flow_of(lab.layout, check)
+    result, outputs = traced_probe(lab, check, flow)
+    hops = assemble({place: parse_monitor(text) for place, text in outputs.items()}, flow)
+    hops = [replace(hop, route=route_used(lab.layout, hop)) for hop in hops]
+    return check, explain(lab, check, result, hops)
+
+
+def trace(name: str, source: str, target: str, port: int | None, console: Console) -> int:
+    """`python -m lab trace`: 0 when the probe arrived, 1 when it stopped."""
+    started = time.monotonic()
+    lab = lifecycle.attach(name, console)
+    with lab.ssh:
+        check, result = run_trace(lab, source, target, port)
+        files = draw(lab, check, result)
+    console.print(trace_table(check, result))
+    console.print(verdict_line(result), soft_wrap=True)
+    console.print(f"[dim]traced in {time.monotonic() - started:.1f} s; every trace rule "
+                  "removed[/]")
+    if files:
+        console.print(f"The trace, drawn: {', '.join(map(str, files))}", soft_wrap=True)
+    return 0 if result.arrived else 1
