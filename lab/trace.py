@@ -426,11 +426,16 @@ def run_trace(lab: LocalLab, source_text: str, target_text: str,
     internet = endpoints(lab.layout, lab.pods)[INTERNET]
     check = trace_check(lab_checks(lab.plan, public_ips, lab.pods, internet,
                                    INTERNET_ECHO_PORT), source, target, port)
+    return check, trace_probe(lab, check)
+
+
+def trace_probe(lab: LocalLab, check: Check) -> TraceResult:
+    """Send the check's probe once, traced, and say where it went (its SSH open)."""
     flow = flow_of(lab.layout, check)
     result, outputs = traced_probe(lab, check, flow)
     hops = assemble({place: parse_monitor(text) for place, text in outputs.items()}, flow)
     hops = [replace(hop, route=route_used(lab.layout, hop)) for hop in hops]
-    return check, explain(lab, check, result, hops)
+    return explain(lab, check, result, hops)
 
 
 def trace(name: str, source: str, target: str, port: int | None, console: Console) -> int:

@@ -1,0 +1,163 @@
+"""The trace on a real lab: each check of `make lab` traced hop by hop on a healthy lab, each
+exercise's fault stopping the probe at the right hop with the checks' words, and no trace
+rule left in any namespace, also when the trace is interrupted. One lab for the module,
+removed even when a test fails; each test leaves it healthy."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+from rich.console import Console
+
+from bootstrap import exercises
+from bootstrap.verify.checks import Check, lab_checks
+from lab import exercise as lab_exercise
+from lab import lifecycle, network, trace
+from lab.layout import INTERNET_ECHO_PORT
+from tests.lab.test_exercises_e2e import mend
+from tests.lab.test_lab_e2e import lab_cli, lab_name
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root and network namespaces"),
+]
+
+
+@pytest.fixture(scope="module")
+def traced_lab() -> Iterator[lifecycle.LocalLab]:
+    name = lab_name()
+    try:
+        lab = lifecycle.build(lifecycle.LabOptions(name=name), Console(file=io.StringIO()))
+        with lab.ssh:
+            lifecycle.bootstrap(lab)
+            lab.start_pods()
+            yield lab
+    finally:
+        lifecycle.down(name)
+
+
+def rule_sets(lab: lifecycle.LocalLab) -> dict[str, str]:
+    """Every lab namespace's iptables and bridge rules, without counters and timestamps."""
+    found = {}
+    for namespace in network.existing_namespaces(lab.layout.lab):
+        saved = "".join(network.run(["ip", "netns", "exec", namespace, tool])
+                        for tool in ("iptables-save", "ebtables-save"))
+        lines = [line for line in saved.splitlines() if not line.startswith("#")]
+        found[namespace] = re.sub(r"\[\d+:\d+\]", "[0:0]", "\n".join(lines))
+    return found
+
+
+def the_checks(lab: lifecycle.LocalLab) -> list[Check]:
+    public_ips = {node.name: str(node.public_ip) for node in lab.layout.nodes}
+    internet = trace.endpoints(lab.layout, lab.pods)["internet"]
+    return lab_checks(lab.plan, public_ips, lab.pods, internet, INTERNET_ECHO_PORT)
+
+
+EXPECTED_PATHS = {  # where each check's request goes, and where it is translated
+    "pod to its gateway": (["worker-1"], set()),
+    "pod to pod, same node": (["worker-1"], set()),
+    "pod to pod, across nodes": (["worker-1", "router", "worker-2"], set()),
+    "pod to pod, across nodes (back)": (["worker-2", "router", "worker-1"], set()),
+    "large answer, across nodes": (["worker-1", "router", "worker-2"], set()),
+    "node to pod": (["master", "router", "worker-2"], set()),
+    "pod to internet": (["worker-1", "router", "igw", "internet"], {"worker-1", "igw"}),
+    "internet to pod": ([], set()),
+}
+
+
+def test_each_check_of_a_healthy_lab_is_traced_through_the_expected_hops(
+        traced_lab: lifecycle.LocalLab) -> None:
+    lab, before = traced_lab, rule_sets(traced_lab)
+    checks = the_checks(lab)
+    assert {check.name for check in checks} == set(EXPECTED_PATHS)
+    for check in checks:
+        result = trace.trace_probe(lab, check)
+        request = [hop for hop in result.hops if hop.direction == "request"]
+        places, translated = EXPECTED_PATHS[check.name]
+        assert [hop.place for hop in request] == places, check.name
+        assert {hop.place for hop in request if hop.translated} == translated, check.name
+        assert result.arrived == check.expect_reach, check.name
+        if check.expect_reach:
+            assert [hop.place for hop in result.hops if hop.direction == "answer"] == \
+                places[::-1], check.name
+    by_name = trace.run_trace(lab, "internet", lab.pods[0].name, None)
+    assert by_name[0] == next(check for check in checks if check.name == "internet to pod")
+    internet_to_pod = by_name[1]
+    assert internet_to_pod.stop is not None
+    assert internet_to_pod.stop.place == "internet"
+    assert internet_to_pod.stop.reason.startswith("no route on internet")
+    assert rule_sets(lab) == before
+
+
+FAULTS = [  # exercise, from, to, where the trace stops, in which direction
+    ("stuck-on-node", "bash-worker-1", "nginx-worker-2", "worker-1", "request"),
+    ("quiet-neighbours", "bash-worker-1", "nginx-worker-2", "worker-1", "request"),
+    ("no-reply", "bash-worker-1", "internet", "worker-1", "answer"),
+    ("no-way-out", "bash-worker-1", "internet", "igw", "request"),
+    ("far-pods-silent", "bash-worker-1", "nginx-worker-2", "router", "answer"),
+    ("all-looks-right", "bash-worker-1", "nginx-worker-2", "router", "request"),
+    ("one-pod-stranded", "bash-worker-1", "nginx-worker-2", "worker-1", "request"),
+]
+
+
+@pytest.mark.parametrize(("name", "source", "target", "place", "direction"), FAULTS,
+                         ids=[fault[0] for fault in FAULTS])
+def test_a_fault_stops_the_trace_at_its_hop_with_the_checks_words(
+        traced_lab: lifecycle.LocalLab, name: str, source: str, target: str, place: str,
+        direction: str) -> None:
+    lab = traced_lab
+    exercise = exercises.find(lab_exercise.catalog(lab.layout), name)
+    where = lab_exercise.target_for(lab, "worker-1")
+    try:
+        lab_exercise.inject(lab, exercise, where)
+        before = rule_sets(lab)
+        _, result = trace.run_trace(lab, source, target, None)
+        assert not result.arrived
+        assert result.stop is not None
+        assert (result.stop.place, result.stop.direction) == (place, direction)
+        assert exercise.text(exercise.cause, where) in result.stop.reason
+        assert result.stop.traced
+        assert rule_sets(lab) == before
+        lab_exercise.run_shell(lab, exercise, where, exercise.fix(where))
+    except BaseException:
+        mend(lab)
+        raise
+
+
+def test_an_interrupted_trace_leaves_no_rule_and_no_agent(
+        traced_lab: lifecycle.LocalLab, monkeypatch: pytest.MonkeyPatch) -> None:
+    lab, before = traced_lab, rule_sets(traced_lab)
+
+    def interrupted(*_: object) -> None:
+        assert rule_sets(lab) != before  # the agents are tracing
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trace, "probe", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        trace.run_trace(lab, "bash-worker-1", "nginx-worker-2", None)
+    assert rule_sets(lab) == before
+    agents = subprocess.run(["pgrep", "-f", "trace_agent.py"], capture_output=True, text=True)
+    assert agents.stdout == ""
+
+
+def test_the_command_line_traces_and_refuses_bad_input(traced_lab: lifecycle.LocalLab) -> None:
+    name = traced_lab.layout.lab
+    arrived = lab_cli(name, "trace", "bash-worker-1", "nginx-worker-2")
+    assert arrived.returncode == 0, arrived.stdout + arrived.stderr
+    assert "arrived" in arrived.stdout and "trace.svg" in arrived.stdout
+    stopped = lab_cli(name, "trace", "internet", "nginx-worker-1")
+    assert stopped.returncode == 1
+    assert "stopped at internet" in stopped.stdout
+    for args, words in ((("nosuch", "internet"), "unknown endpoint 'nosuch'"),
+                        (("10.244.1.1", "internet"), "a pod gateway: it cannot send"),
+                        (("master", "master"), "the same endpoint")):
+        refused = lab_cli(name, "trace", *args)
+        assert refused.returncode == 1
+        assert words in refused.stdout and "Traceback" not in refused.stderr, refused.stdout
+    missing = lab_cli(lab_name(), "trace", "master", "internet")
+    assert missing.returncode == 1 and "make lab KEEP=1" in missing.stdout
