@@ -370,14 +370,17 @@ def verdict_line(result: TraceResult) -> str:
 
 def element_path(layout: Layout, pods: Sequence[PodInfo], check: Check,
                  result: TraceResult) -> tuple[str, ...]:
-    """The picture's boxes the traced packet passed, from the source on."""
+    """The picture's boxes the traced packets passed, from the source on: the request to
+    the target; when an answer came back and was lost, the answer's way too, to where it
+    stopped."""
+    request = [hop for hop in result.hops if hop.direction == "request"]
+    answer = [hop for hop in result.hops if hop.direction == "answer"]
     ids = [picture.endpoint_element(layout, pods, check.source)]
-    for hop in result.hops:
-        if hop.direction != "request":
-            break
-        ids += _hop_elements(hop)
-    if result.arrived:
+    ids += [element for hop in request for element in _hop_elements(hop)]
+    if result.arrived or answer:
         ids.append(picture.endpoint_element(layout, pods, check.target))
+    if answer and not result.arrived:
+        ids += [element for hop in answer for element in _hop_elements(hop)]
     return tuple(element for index, element in enumerate(ids)
                  if index == 0 or ids[index - 1] != element)
 
