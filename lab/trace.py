@@ -42,7 +42,9 @@ from bootstrap.verify.trace import (
     Verdict,
     assemble,
     drop_reason,
+    monitor_errors,
     parse_monitor,
+    route_summary,
     untraceable,
     vanished_reason,
 )
@@ -319,10 +321,13 @@ def trace_table(check: Check, result: TraceResult) -> Table:
     target = f"{check.target.ip}:{check.port}" if check.port else check.target.ip
     table = Table(title=f"Trace: {check.source.name} → {check.target.name} "
                         f"({'HTTP' if check.method == 'http' else check.method} {target})",
-                  title_justify="left")
-    for column in ("#", "hop", "in → out", "route", "rules matched (table: rule)",
-                   "addresses"):
-        table.add_column(column)
+                  title_justify="left", show_lines=True, expand=True)
+    table.add_column("#", no_wrap=True)
+    table.add_column("hop", no_wrap=True)
+    table.add_column("in → out", ratio=2)
+    table.add_column("route", ratio=2)
+    table.add_column("addresses", ratio=2, min_width=len("203.0.113.11 → 198.51.100.1"))
+    table.add_column("rules matched (table: rule as iptables -S prints it)", ratio=5)
     stop = result.stop
     for number, hop in enumerate(result.hops, 1):
         here = stop is not None and stop.place == hop.place and stop.direction == hop.direction
@@ -332,12 +337,12 @@ def trace_table(check: Check, result: TraceResult) -> Table:
         table.add_row(f"{number} {ARROWS[hop.direction]}",
                       f"[red]{hop.place}[/]" if here else hop.place,
                       f"{hop.inbound or '(sent here)'}{ports[0]} → {_outbound(hop)}{ports[1]}",
-                      hop.route or "", rules, _addresses(hop))
+                      route_summary(hop.route), _addresses(hop), rules)
     return table
 
 
 def _rule_text(verdict: Verdict) -> str:
-    text = verdict.describe().replace("[", "\\[")
+    text = "• " + verdict.describe().replace("[", "\\[")
     return f"[red]{text}[/]" if verdict.drops else text
 
 
@@ -438,7 +443,9 @@ def trace_probe(lab: LocalLab, check: Check) -> TraceResult:
     result, outputs = traced_probe(lab, check, flow)
     hops = assemble({place: parse_monitor(text) for place, text in outputs.items()}, flow)
     hops = [replace(hop, route=route_used(lab.layout, hop)) for hop in hops]
-    return explain(lab, check, result, hops)
+    notes = [f"the trace in {place} is incomplete: {error}"
+             for place, text in outputs.items() for error in monitor_errors(text)]
+    return replace(explain(lab, check, result, hops), notes=notes)
 
 
 def trace(name: str, source: str, target: str, port: int | None, console: Console) -> int:
@@ -450,8 +457,13 @@ def trace(name: str, source: str, target: str, port: int | None, console: Consol
         files = draw(lab, check, result)
     console.print(trace_table(check, result))
     console.print(verdict_line(result), soft_wrap=True)
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {note}", soft_wrap=True)
     console.print(f"[dim]traced in {time.monotonic() - started:.1f} s; every trace rule "
                   "removed[/]")
     if files:
-        console.print(f"The trace, drawn: {', '.join(map(str, files))}", soft_wrap=True)
+        here = Path.cwd()
+        shown = [str(file.relative_to(here)) if file.is_relative_to(here) else str(file)
+                 for file in files]
+        console.print(f"The trace, drawn: {', '.join(shown)}", soft_wrap=True)
     return 0 if result.arrived else 1

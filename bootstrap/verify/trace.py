@@ -27,6 +27,12 @@ DROPPING = ("DROP", "REJECT")
 # namespace whose bridge can drop (the VPC router's source/destination check) also gets a
 # bridge-family rule.
 TRACE_CHAINS = ("PREROUTING", "OUTPUT")
+# A packet that loops between two routers (a wrong route) passes again and again until its
+# TTL runs out, and a large answer is many packets: trace only TCP's handshake (the hops use
+# its first packets), only while the TTL is high (every sender starts at 64 or more), and at
+# most a short burst per rule, or the monitor, flooded, loses the trace.
+TTL_FLOOR = 40
+BURST = ["--limit", "5/second", "--limit-burst", "8"]
 
 
 @dataclass(frozen=True)
@@ -140,6 +146,34 @@ def parse_verdict(family: int, line: str) -> Verdict:
     return Verdict(family, table, chain, kind, verdict, rule, handle)
 
 
+def route_summary(route: str) -> str:
+    """`ip route get`'s first line without what the row shows already (the destination, the
+    source) and the lookup's details: "via 10.0.1.1 dev eth0", "local", "dev cni0"; an error
+    as it is."""
+    words = route.split()
+    if words[:1] == ["local"]:
+        return "local (for this namespace)"
+    if not words or not re.match(r"^[0-9.]+$", words[0]):
+        return route.strip()
+    kept, skip = [], {"from", "src", "uid", "cache", "iif"}
+    index = 1
+    while index < len(words):
+        if words[index] in skip:
+            index += 2
+            continue
+        kept.append(words[index])
+        index += 1
+    return " ".join(kept)
+
+
+def monitor_errors(text: str) -> list[str]:
+    """What the monitor said besides packets and events: an error such as "No buffer space
+    available" means it lost part of the trace."""
+    known = ("PACKET:", "TRACE:", "EVENT:", "NEWGEN:")
+    return [line.strip() for line in text.splitlines()
+            if line.strip() and not line.strip().startswith(known)]
+
+
 def untraceable(output: str) -> str:
     """The agent's reason when this kernel or this node cannot trace; "" when it could."""
     for line in output.splitlines():
@@ -165,8 +199,10 @@ class Flow:
         for address in self.targets:
             for towards, port in (("-d", "--dport"), ("-s", "--sport")):
                 match = ["-p", self.protocol, towards, address]
-                matches.append([*match, port, str(self.port)] if self.protocol == "tcp"
-                               else match)
+                if self.protocol == "tcp":
+                    match += [port, str(self.port), "--tcp-flags", "SYN", "SYN"]
+                matches.append([*match, "-m", "ttl", "--ttl-gt", str(TTL_FLOOR),
+                                "-m", "limit", *BURST])
         return matches
 
     def ebtables_matches(self) -> list[list[str]]:
@@ -174,8 +210,9 @@ class Flow:
         for address in self.targets:
             for towards, port in (("--ip-dst", "--ip-dport"), ("--ip-src", "--ip-sport")):
                 match = ["-p", "IPv4", "--ip-proto", self.protocol, towards, address]
-                matches.append([*match, port, str(self.port)] if self.protocol == "tcp"
-                               else match)
+                if self.protocol == "tcp":
+                    match += [port, str(self.port)]
+                matches.append([*match, *BURST])
         return matches
 
     def agent_spec(self, *, bridge: bool) -> dict[str, list[list[object]]]:

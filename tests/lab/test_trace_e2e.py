@@ -141,7 +141,8 @@ def test_an_interrupted_trace_leaves_no_rule_and_no_agent(
     with pytest.raises(KeyboardInterrupt):
         trace.run_trace(lab, "bash-worker-1", "nginx-worker-2", None)
     assert rule_sets(lab) == before
-    agents = subprocess.run(["pgrep", "-f", "trace_agent.py"], capture_output=True, text=True)
+    agents = subprocess.run(["pgrep", "-f", "--", f"-IS {trace.AGENT}"], capture_output=True,
+                            text=True)
     assert agents.stdout == ""
 
 

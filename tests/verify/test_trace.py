@@ -18,6 +18,7 @@ from bootstrap.verify.trace import (
     Verdict,
     assemble,
     drop_reason,
+    monitor_errors,
     network_header,
     parse_monitor,
     parse_verdict,
@@ -86,16 +87,19 @@ def test_the_trace_rules_match_the_probe_both_ways_before_any_other_rule() -> No
     flow = Flow("tcp", ("203.0.113.11", "10.0.1.11"), 8080)
     spec = flow.agent_spec(bridge=False)
     assert set(spec) == {"iptables"}
-    assert ["raw", "PREROUTING", ["-p", "tcp", "-d", "10.0.1.11", "--dport", "8080"]] in \
-        spec["iptables"]
-    assert ["raw", "OUTPUT", ["-p", "tcp", "-s", "203.0.113.11", "--sport", "8080"]] in \
-        spec["iptables"]
+    bounded = ["--tcp-flags", "SYN", "SYN", "-m", "ttl", "--ttl-gt", "40", "-m", "limit",
+               "--limit", "5/second", "--limit-burst", "8"]
+    assert ["raw", "PREROUTING", ["-p", "tcp", "-d", "10.0.1.11", "--dport", "8080",
+                                  *bounded]] in spec["iptables"]
+    assert ["raw", "OUTPUT", ["-p", "tcp", "-s", "203.0.113.11", "--sport", "8080",
+                              *bounded]] in spec["iptables"]
     assert len(spec["iptables"]) == 2 * 2 * 2  # chains, directions, addresses
     bridged = Flow("icmp", ("10.0.1.12",)).agent_spec(bridge=True)["ebtables"]
+    burst = ["--limit", "5/second", "--limit-burst", "8"]
     assert bridged == [["nat", "PREROUTING", ["-p", "IPv4", "--ip-proto", "icmp",
-                                              "--ip-dst", "10.0.1.12"]],
+                                              "--ip-dst", "10.0.1.12", *burst]],
                        ["nat", "PREROUTING", ["-p", "IPv4", "--ip-proto", "icmp",
-                                              "--ip-src", "10.0.1.12"]]]
+                                              "--ip-src", "10.0.1.12", *burst]]]
 
 
 def test_pod_to_internet_passes_node_router_gateway_and_back_nat_where_expected() -> None:
@@ -171,6 +175,12 @@ def test_a_packet_that_vanished_unrouted_says_why(route: str, forwarding: bool,
 def test_a_packet_that_left_and_was_not_seen_again_says_through_where() -> None:
     assert vanished_reason(hop(outbound="eth0"), "", True, local=False) == \
         "left worker-1 through eth0 and was not seen again"
+
+
+def test_a_monitor_that_lost_part_of_the_trace_says_so() -> None:
+    assert monitor_errors("PACKET: 2 a SRC=1.2.3.4\n EVENT: x\nNEWGEN: y\n"
+                          "cannot receive from nfnetlink socket: No buffer space available\n"
+                          ) == ["cannot receive from nfnetlink socket: No buffer space available"]
 
 
 def test_an_agent_that_cannot_trace_says_why() -> None:
