@@ -100,6 +100,7 @@ FAULTS = [  # exercise, from, to, where the trace stops, in which direction
     ("no-reply", "bash-worker-1", "internet", "worker-1", "answer"),
     ("no-way-out", "bash-worker-1", "internet", "igw", "request"),
     ("far-pods-silent", "bash-worker-1", "nginx-worker-2", "router", "answer"),
+    ("lost-between-nodes", "bash-worker-1", "nginx-worker-2", "router", "answer"),
     ("all-looks-right", "bash-worker-1", "nginx-worker-2", "router", "request"),
     ("one-pod-stranded", "bash-worker-1", "nginx-worker-2", "worker-1", "request"),
 ]
