@@ -41,6 +41,7 @@ from bootstrap.verify.trace import (
     TraceResult,
     Verdict,
     assemble,
+    counted_rules,
     drop_reason,
     monitor_errors,
     parse_monitor,
@@ -60,6 +61,10 @@ INTERNET, IGW, ROUTER = picture.INTERNET, picture.IGW, picture.ROUTER
 
 class TraceError(LabError):
     """Bad input (an endpoint the lab has not), or a namespace that cannot trace."""
+
+
+class TraceUnavailable(TraceError):
+    """This kernel or machine cannot trace packets (no nftables trace, no xtables-monitor)."""
 
 
 # -- endpoints and the probe (pure) ---------------------------------------------------------
@@ -161,8 +166,10 @@ def wait_ready(agents: Sequence[Agent]) -> None:
         line = agent.process.stdout.readline().strip()
         if line != trace_agent.READY:
             rest = agent.process.stdout.read() if agent.process.poll() is not None else ""
-            reason = untraceable(line + "\n" + rest) or line or "it stopped"
-            raise TraceError(f"cannot trace in {agent.place}: {reason}")
+            reason = untraceable(line + "\n" + rest)
+            if reason:
+                raise TraceUnavailable(f"{agent.place}: {reason}")
+            raise TraceError(f"the trace agent in {agent.place} stopped: {line or rest}")
 
 
 def stop_agents(agents: Sequence[Agent]) -> dict[str, str]:
@@ -200,6 +207,25 @@ def traced_probe(lab: LocalLab, check: Check, flow: Flow) -> tuple[ProbeResult, 
     finally:
         outputs = stop_agents(agents)
     return result, outputs
+
+
+def counted_probe(lab: LocalLab, check: Check, why: str) -> TraceResult:
+    """The fallback: every namespace's `iptables-save -c` before and after the probe."""
+    def saved() -> dict[str, str]:
+        return {place: subprocess.run(["ip", "netns", "exec", namespace, "iptables-save", "-c"],
+                                      capture_output=True, text=True, check=False).stdout
+                for place, namespace in places(lab.layout).items()}
+
+    before = saved()
+    result = probe(LabProber(lab), check)
+    after = saved()
+    counted = {place: rules for place in before
+               if (rules := counted_rules(before[place], after[place]))}
+    stop = None if result.reached else (_source_stop(lab, check)
+                                        or _diagnosed(lab, check, result))
+    note = f"no kernel trace ({why}): the rules whose counters rose during the probe, " \
+           "read on a quiet lab; they say neither the order nor which packet"
+    return TraceResult([], result.reached, stop, [note], counted)
 
 
 # -- what the trace means (the lab's facts) ---------------------------------------------------
@@ -364,6 +390,16 @@ def _addresses(hop: Hop) -> str:
     return f"{before}\n[yellow]NAT: {hop.after[0]} → {hop.after[1]}[/]"
 
 
+def counter_table(result: TraceResult) -> Table:
+    table = Table(title="Rule counters that rose during the probe (not a trace)",
+                  title_justify="left", show_lines=True)
+    table.add_column("namespace", no_wrap=True)
+    table.add_column("rules (table: rule as iptables -S prints it)")
+    for place, rules in result.counted.items():
+        table.add_row(place, "\n".join(f"• {rule}".replace("[", "\\[") for rule in rules))
+    return table
+
+
 def verdict_line(result: TraceResult) -> str:
     if result.arrived:
         return "[green]arrived[/]: every hop passed it on"
@@ -438,9 +474,13 @@ def run_trace(lab: LocalLab, source_text: str, target_text: str,
 
 
 def trace_probe(lab: LocalLab, check: Check) -> TraceResult:
-    """Send the check's probe once, traced, and say where it went (its SSH open)."""
+    """Send the check's probe once, traced, and say where it went (its SSH open); where
+    the kernel cannot trace, the rule counters that rose, labelled as such."""
     flow = flow_of(lab.layout, check)
-    result, outputs = traced_probe(lab, check, flow)
+    try:
+        result, outputs = traced_probe(lab, check, flow)
+    except TraceUnavailable as error:
+        return counted_probe(lab, check, str(error))
     hops = assemble({place: parse_monitor(text) for place, text in outputs.items()}, flow)
     hops = [replace(hop, route=route_used(lab.layout, hop)) for hop in hops]
     notes = [f"the trace in {place} is incomplete: {error}"
@@ -455,7 +495,7 @@ def trace(name: str, source: str, target: str, port: int | None, console: Consol
     with lab.ssh:
         check, result = run_trace(lab, source, target, port)
         files = draw(lab, check, result)
-    console.print(trace_table(check, result))
+    console.print(counter_table(result) if result.counted else trace_table(check, result))
     console.print(verdict_line(result), soft_wrap=True)
     for note in result.notes:
         console.print(f"[yellow]note:[/] {note}", soft_wrap=True)

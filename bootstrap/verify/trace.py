@@ -334,6 +334,31 @@ class TraceResult:
     arrived: bool
     stop: Stop | None = None
     notes: list[str] = field(default_factory=list)
+    # Without a kernel trace: per namespace, the rules whose counters rose during the probe.
+    counted: Mapping[str, list[str]] = field(default_factory=dict)
+
+
+# -- without a kernel trace: rule counters -------------------------------------------------
+
+def rule_counters(saved: str) -> dict[str, int]:
+    """`iptables-save -c`: each rule ("table: -A ...") and the packets it counted."""
+    counters, table = {}, ""
+    for line in saved.splitlines():
+        if line.startswith("*"):
+            table = line[1:].strip()
+        found = re.match(r"^\[(\d+):\d+\] (-A .*)$", line)
+        if found:
+            counters[f"{table}: {found.group(2)}"] = int(found.group(1))
+    return counters
+
+
+def counted_rules(before: str, after: str) -> list[str]:
+    """The rules whose packet counters rose between two `iptables-save -c`, in order: on a
+    quiet lab, the rules the probe's packets matched (but not in which order, nor which
+    packet)."""
+    earlier = rule_counters(before)
+    return [rule for rule, packets in rule_counters(after).items()
+            if packets > earlier.get(rule, 0)]
 
 
 def drop_reason(hop: Hop, verdict: Verdict, port_owners: Mapping[str, str],

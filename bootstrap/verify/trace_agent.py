@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import struct
@@ -83,6 +84,8 @@ class Monitor:
     it listens, the trace lines are the result."""
 
     def __init__(self) -> None:
+        if shutil.which("xtables-monitor") is None:
+            raise OSError("xtables-monitor is not installed (iptables' nftables tools)")
         self.process = subprocess.Popen(["stdbuf", "-oL", "xtables-monitor", "--trace", "--event"],
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, text=True)

@@ -8,8 +8,10 @@ from __future__ import annotations
 import io
 import os
 import re
+import shutil
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from rich.console import Console
@@ -145,6 +147,27 @@ def test_an_interrupted_trace_leaves_no_rule_and_no_agent(
     agents = subprocess.run(["pgrep", "-f", "--", f"-IS {trace.AGENT}"], capture_output=True,
                             text=True)
     assert agents.stdout == ""
+
+
+def test_without_xtables_monitor_it_falls_back_to_rule_counters_labelled(
+        traced_lab: lifecycle.LocalLab, monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    """A machine whose iptables lacks the trace monitor: every other tool is there."""
+    for tool in ("ip", "stdbuf", "iptables", "iptables-save", "ebtables", "ebtables-save",
+                 "sysctl"):
+        found = shutil.which(tool)
+        assert found is not None
+        (tmp_path / tool).symlink_to(found)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    lab, before = traced_lab, rule_sets(traced_lab)
+    check = next(check for check in the_checks(lab) if check.name == "pod to internet")
+    result = trace.trace_probe(lab, check)
+    assert result.arrived and result.hops == []
+    assert "xtables-monitor is not installed" in result.notes[0]
+    assert "counters" in result.notes[0]
+    assert any(rule.endswith("-j MASQUERADE") for rule in result.counted["worker-1"])
+    monkeypatch.undo()
+    assert rule_sets(lab) == before
 
 
 def test_the_command_line_traces_and_refuses_bad_input(traced_lab: lifecycle.LocalLab) -> None:

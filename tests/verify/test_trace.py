@@ -17,6 +17,7 @@ from bootstrap.verify.trace import (
     Hop,
     Verdict,
     assemble,
+    counted_rules,
     drop_reason,
     monitor_errors,
     network_header,
@@ -181,6 +182,17 @@ def test_a_monitor_that_lost_part_of_the_trace_says_so() -> None:
     assert monitor_errors("PACKET: 2 a SRC=1.2.3.4\n EVENT: x\nNEWGEN: y\n"
                           "cannot receive from nfnetlink socket: No buffer space available\n"
                           ) == ["cannot receive from nfnetlink socket: No buffer space available"]
+
+
+def test_without_a_trace_the_rules_whose_counters_rose_are_listed_in_order() -> None:
+    before = "*filter\n:FORWARD DROP [0:0]\n[3:180] -A FORWARD -j LAB-FWD\n" \
+             "[3:180] -A LAB-FWD -s 10.244.0.0/16 -j ACCEPT\n[0:0] -A LAB-FWD -d 10.244.0.0/16 " \
+             "-j ACCEPT\nCOMMIT\n*nat\n[1:60] -A POSTROUTING -j LAB-POSTRTG\nCOMMIT\n"
+    after = before.replace("[3:180]", "[5:300]").replace("[0:0] -A LAB-FWD", "[1:60] -A LAB-FWD")
+    assert counted_rules(before, after) == [
+        "filter: -A FORWARD -j LAB-FWD", "filter: -A LAB-FWD -s 10.244.0.0/16 -j ACCEPT",
+        "filter: -A LAB-FWD -d 10.244.0.0/16 -j ACCEPT"]
+    assert counted_rules(before, before) == []
 
 
 def test_an_agent_that_cannot_trace_says_why() -> None:
