@@ -17,7 +17,7 @@ from bootstrap.verify.checks import Outcome
 from bootstrap.verify.diagnose import VpcFacts
 from bootstrap.verify.report import FAIL, PASS, failure_lines, outcome_table, show_status
 from bootstrap.verify.status import read_status
-from lab import exercise, lifecycle, nodes, picture, story
+from lab import exercise, lifecycle, nodes, picture, story, trace
 from lab.lifecycle import LabOptions, LocalLab
 
 
@@ -57,11 +57,13 @@ def _straight(lab: LocalLab, console: Console) -> tuple[Sequence[Outcome], list[
 def _story(lab: LocalLab, console: Console) -> tuple[Sequence[Outcome], list[Path]]:
     stages = story.replay(lab)
     console.print(story_table([(stage.title, stage.outcomes) for stage in stages]))
-    for stage in stages:  # why each FAIL failed, stage by stage
+    for stage in stages:  # why each FAIL failed, stage by stage, and where one stopped
         if stage.causes:
             console.print(f"[bold]{stage.title}[/]")
             for name, cause in stage.causes.items():
                 console.print(f"  {name}: {cause}")
+        if stage.traced:
+            trace.print_trace(console, *stage.traced)
     final = stages[-1]
     print_failures(console, final.outcomes, final.causes)
     pictures = [file for stage in stages

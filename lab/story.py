@@ -2,7 +2,8 @@
 
 The lab fixed pod networking one step at a time; each stage here applies the same fix (ours,
 not the lab's buggy version) and runs every check again, so each fix is seen turning a
-failure into a pass:
+failure into a pass (and the first check that still fails is traced hop by hop, to show
+where its packet stops):
   1. pods on the bridge, nodes' FORWARD policy DROP (as Docker sets it), nothing else;
   2. after the FORWARD rules (and IPv4 forwarding): pods on one node talk;
   3. after NAT for traffic leaving the cluster: pods reach the internet;
@@ -18,9 +19,10 @@ from dataclasses import dataclass
 
 from bootstrap import node_network
 from bootstrap.remote import RemoteNode
-from bootstrap.verify.checks import Outcome
+from bootstrap.verify.checks import Check, Outcome
 from bootstrap.verify.diagnose import VpcFacts
-from lab import network
+from bootstrap.verify.trace import TraceResult
+from lab import network, trace
 from lab.lifecycle import LocalLab, bootstrap
 
 
@@ -30,6 +32,8 @@ class Stage:
     outcomes: list[Outcome]
     causes: dict[str, str]
     vpc: VpcFacts  # what the VPC router did at this stage
+    # The first check that failed, traced hop by hop: where its packet stopped.
+    traced: tuple[Check, TraceResult] | None = None
 
     @property
     def slug(self) -> str:
@@ -49,7 +53,9 @@ def apply_forward_rules(lab: LocalLab, node: RemoteNode) -> None:
 def _checks(lab: LocalLab, title: str) -> Stage:
     outcomes, causes = lab.run_checks()
     lab.console.log(f"{title}: {sum(o.passed for o in outcomes)}/{len(outcomes)} as expected")
-    return Stage(title, outcomes, causes, lab.vpc_facts())
+    failed = next((outcome.check for outcome in outcomes if not outcome.passed), None)
+    traced = None if failed is None else (failed, trace.trace_probe(lab, failed))
+    return Stage(title, outcomes, causes, lab.vpc_facts(), traced)
 
 
 def replay(lab: LocalLab) -> list[Stage]:

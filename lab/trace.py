@@ -390,6 +390,14 @@ def _addresses(hop: Hop) -> str:
     return f"{before}\n[yellow]NAT: {hop.after[0]} → {hop.after[1]}[/]"
 
 
+def print_trace(console: Console, check: Check, result: TraceResult) -> None:
+    """The hops (or, without a kernel trace, the counters), where it stopped, the notes."""
+    console.print(counter_table(result) if result.counted else trace_table(check, result))
+    console.print(verdict_line(result), soft_wrap=True)
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {note}", soft_wrap=True)
+
+
 def counter_table(result: TraceResult) -> Table:
     table = Table(title="Rule counters that rose during the probe (not a trace)",
                   title_justify="left", show_lines=True)
@@ -495,10 +503,7 @@ def trace(name: str, source: str, target: str, port: int | None, console: Consol
     with lab.ssh:
         check, result = run_trace(lab, source, target, port)
         files = draw(lab, check, result)
-    console.print(counter_table(result) if result.counted else trace_table(check, result))
-    console.print(verdict_line(result), soft_wrap=True)
-    for note in result.notes:
-        console.print(f"[yellow]note:[/] {note}", soft_wrap=True)
+    print_trace(console, check, result)
     console.print(f"[dim]traced in {time.monotonic() - started:.1f} s; every trace rule "
                   "removed[/]")
     if files:
