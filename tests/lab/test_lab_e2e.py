@@ -335,6 +335,15 @@ def test_the_story_turns_each_failure_into_a_pass():
     assert "no route" in stages[2].causes["pod to pod, across nodes"]
     assert "source/destination check on worker-1" in stages[3].causes["pod to pod, across nodes"]
     assert "source/destination check on worker-2" in stages[3].causes["node to pod"]
+    # Each stage's first failing check, traced: where its packet stopped, in the same words.
+    stops = [(stage.traced[0].name, stage.traced[1].stop) for stage in stages[:4]
+             if stage.traced and stage.traced[1].stop]
+    assert [(name, stop.place) for name, stop in stops] == [
+        ("pod to pod, same node", "worker-1"), ("pod to pod, across nodes", "router"),
+        ("pod to pod, across nodes", "router"), ("pod to pod, across nodes", "router")]
+    for (name, stop), stage in zip(stops, stages[:4], strict=True):
+        assert stop.reason.split(":")[0] in stage.causes[name]
+    assert stages[4].traced is None
 
 
 def lab_cli(name: str, *args: str) -> subprocess.CompletedProcess[str]:
