@@ -5,11 +5,11 @@ removed even when a test fails; each test leaves it healthy."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -138,15 +138,24 @@ def test_an_interrupted_trace_leaves_no_rule_and_no_agent(
 
     def interrupted(*_: object) -> None:
         assert rule_sets(lab) != before  # the agents are tracing
+        assert len(agents_in(lab)) == len(lab.layout.namespaces)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(trace, "probe", interrupted)
     with pytest.raises(KeyboardInterrupt):
         trace.run_trace(lab, "bash-worker-1", "nginx-worker-2", None)
     assert rule_sets(lab) == before
-    agents = subprocess.run(["pgrep", "-f", "--", f"-IS {trace.AGENT}"], capture_output=True,
-                            text=True)
-    assert agents.stdout == ""
+    assert agents_in(lab) == []
+
+
+def agents_in(lab: lifecycle.LocalLab) -> list[int]:
+    """The trace agents running in the lab's namespaces."""
+    found = []
+    for pid in network.namespace_pids(network.existing_namespaces(lab.layout.lab)):
+        with contextlib.suppress(OSError):  # gone meanwhile
+            if str(trace.AGENT).encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+    return found
 
 
 def test_without_xtables_monitor_it_falls_back_to_rule_counters_labelled(
