@@ -90,6 +90,9 @@ def endpoints(layout: Layout, pods: Sequence[PodInfo]) -> dict[str, Endpoint]:
 
 
 def resolve(layout: Layout, pods: Sequence[PodInfo], text: str, *, sending: bool) -> Endpoint:
+    if not text:
+        raise TraceError("name both ends: make trace FROM=<pod, node, internet or address> "
+                         "TO=<the same> (e.g. FROM=bash-worker-1 TO=nginx-worker-2)")
     known = endpoints(layout, pods)
     endpoint = known.get(text)
     if endpoint is None:
@@ -500,9 +503,13 @@ def trace(name: str, source: str, target: str, port: int | None, console: Consol
     """`python -m lab trace`: 0 when the probe arrived, 1 when it stopped."""
     started = time.monotonic()
     lab = lifecycle.attach(name, console)
-    with lab.ssh:
-        check, result = run_trace(lab, source, target, port)
-        files = draw(lab, check, result)
+    try:
+        with lab.ssh:
+            check, result = run_trace(lab, source, target, port)
+            files = draw(lab, check, result)
+    except KeyboardInterrupt:
+        console.print("[yellow]trace interrupted:[/] every trace rule was removed")
+        return 130
     print_trace(console, check, result)
     console.print(f"[dim]traced in {time.monotonic() - started:.1f} s; every trace rule "
                   "removed[/]")

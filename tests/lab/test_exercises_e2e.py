@@ -5,12 +5,9 @@ healthy again (or mends it) for the next."""
 
 from __future__ import annotations
 
-import io
 import os
-from collections.abc import Iterator
 
 import pytest
-from rich.console import Console
 
 from bootstrap import exercises
 from bootstrap.exercises import Exercise, Target
@@ -26,19 +23,6 @@ pytestmark = [
 ]
 
 CATALOG = lab_exercise.catalog(lab_layout("x"))  # the lab's own: by name
-
-
-@pytest.fixture(scope="module")
-def practice_lab() -> Iterator[lifecycle.LocalLab]:
-    name = lab_name()
-    try:
-        lab = lifecycle.build(lifecycle.LabOptions(name=name), Console(file=io.StringIO()))
-        with lab.ssh:
-            lifecycle.bootstrap(lab)
-            lab.start_pods()
-            yield lab
-    finally:
-        lifecycle.down(name)
 
 
 def mend(lab: lifecycle.LocalLab) -> None:

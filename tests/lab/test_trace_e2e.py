@@ -6,15 +6,12 @@ removed even when a test fails; each test leaves it healthy."""
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import re
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from rich.console import Console
 
 from bootstrap import exercises
 from bootstrap.verify.checks import Check, lab_checks
@@ -28,19 +25,6 @@ pytestmark = [
     pytest.mark.e2e,
     pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root and network namespaces"),
 ]
-
-
-@pytest.fixture(scope="module")
-def traced_lab() -> Iterator[lifecycle.LocalLab]:
-    name = lab_name()
-    try:
-        lab = lifecycle.build(lifecycle.LabOptions(name=name), Console(file=io.StringIO()))
-        with lab.ssh:
-            lifecycle.bootstrap(lab)
-            lab.start_pods()
-            yield lab
-    finally:
-        lifecycle.down(name)
 
 
 def rule_sets(lab: lifecycle.LocalLab) -> dict[str, str]:
@@ -73,8 +57,8 @@ EXPECTED_PATHS = {  # where each check's request goes, and where it is translate
 
 
 def test_each_check_of_a_healthy_lab_is_traced_through_the_expected_hops(
-        traced_lab: lifecycle.LocalLab) -> None:
-    lab, before = traced_lab, rule_sets(traced_lab)
+        practice_lab: lifecycle.LocalLab) -> None:
+    lab, before = practice_lab, rule_sets(practice_lab)
     checks = the_checks(lab)
     assert {check.name for check in checks} == set(EXPECTED_PATHS)
     for check in checks:
@@ -111,9 +95,9 @@ FAULTS = [  # exercise, from, to, where the trace stops, in which direction
 @pytest.mark.parametrize(("name", "source", "target", "place", "direction"), FAULTS,
                          ids=[fault[0] for fault in FAULTS])
 def test_a_fault_stops_the_trace_at_its_hop_with_the_checks_words(
-        traced_lab: lifecycle.LocalLab, name: str, source: str, target: str, place: str,
+        practice_lab: lifecycle.LocalLab, name: str, source: str, target: str, place: str,
         direction: str) -> None:
-    lab = traced_lab
+    lab = practice_lab
     exercise = exercises.find(lab_exercise.catalog(lab.layout), name)
     where = lab_exercise.target_for(lab, "worker-1")
     try:
@@ -133,8 +117,8 @@ def test_a_fault_stops_the_trace_at_its_hop_with_the_checks_words(
 
 
 def test_an_interrupted_trace_leaves_no_rule_and_no_agent(
-        traced_lab: lifecycle.LocalLab, monkeypatch: pytest.MonkeyPatch) -> None:
-    lab, before = traced_lab, rule_sets(traced_lab)
+        practice_lab: lifecycle.LocalLab, monkeypatch: pytest.MonkeyPatch) -> None:
+    lab, before = practice_lab, rule_sets(practice_lab)
 
     def interrupted(*_: object) -> None:
         assert rule_sets(lab) != before  # the agents are tracing
@@ -159,7 +143,7 @@ def agents_in(lab: lifecycle.LocalLab) -> list[int]:
 
 
 def test_without_xtables_monitor_it_falls_back_to_rule_counters_labelled(
-        traced_lab: lifecycle.LocalLab, monkeypatch: pytest.MonkeyPatch,
+        practice_lab: lifecycle.LocalLab, monkeypatch: pytest.MonkeyPatch,
         tmp_path: Path) -> None:
     """A machine whose iptables lacks the trace monitor: every other tool is there."""
     for tool in ("ip", "stdbuf", "iptables", "iptables-save", "ebtables", "ebtables-save",
@@ -168,7 +152,7 @@ def test_without_xtables_monitor_it_falls_back_to_rule_counters_labelled(
         assert found is not None
         (tmp_path / tool).symlink_to(found)
     monkeypatch.setenv("PATH", str(tmp_path))
-    lab, before = traced_lab, rule_sets(traced_lab)
+    lab, before = practice_lab, rule_sets(practice_lab)
     check = next(check for check in the_checks(lab) if check.name == "pod to internet")
     result = trace.trace_probe(lab, check)
     assert result.arrived and result.hops == []
@@ -179,8 +163,8 @@ def test_without_xtables_monitor_it_falls_back_to_rule_counters_labelled(
     assert rule_sets(lab) == before
 
 
-def test_the_command_line_traces_and_refuses_bad_input(traced_lab: lifecycle.LocalLab) -> None:
-    name = traced_lab.layout.lab
+def test_the_command_line_traces_and_refuses_bad_input(practice_lab: lifecycle.LocalLab) -> None:
+    name = practice_lab.layout.lab
     arrived = lab_cli(name, "trace", "bash-worker-1", "nginx-worker-2")
     assert arrived.returncode == 0, arrived.stdout + arrived.stderr
     assert "arrived" in arrived.stdout and "trace.svg" in arrived.stdout
@@ -189,7 +173,8 @@ def test_the_command_line_traces_and_refuses_bad_input(traced_lab: lifecycle.Loc
     assert "stopped at internet" in stopped.stdout
     for args, words in ((("nosuch", "internet"), "unknown endpoint 'nosuch'"),
                         (("10.244.1.1", "internet"), "a pod gateway: it cannot send"),
-                        (("master", "master"), "the same endpoint")):
+                        (("master", "master"), "the same endpoint"),
+                        (("", ""), "name both ends")):
         refused = lab_cli(name, "trace", *args)
         assert refused.returncode == 1
         assert words in refused.stdout and "Traceback" not in refused.stderr, refused.stdout
