@@ -123,15 +123,25 @@ def trace_check(checks: Sequence[Check], source: Endpoint, target: Endpoint,
 
 
 def flow_of(layout: Layout, check: Check) -> Flow:
-    """The probe's packets; a node's public address is translated to its private one on the
-    way in, so both are the target's."""
-    targets = [check.target.ip]
-    for node in layout.nodes:
-        if check.target.ip == str(node.public_ip):
-            targets.append(str(node.planned.private_ip))
+    """The probe's packets. A node's public address is translated to its private one on the
+    way in; a pod's address to its node's private one (MASQUERADE) and that to the node's
+    public one (the gateway's SNAT) on the way out: each is the target's or the source's."""
+    def addresses(endpoint: Endpoint, leaving: bool) -> tuple[str, ...]:
+        found = [endpoint.ip]
+        for node in layout.nodes:
+            private, public = str(node.planned.private_ip), str(node.public_ip)
+            if endpoint.ip == public:
+                found.append(private)
+            elif leaving and endpoint.node == node.name and endpoint.ip != private:
+                found += [private, public]
+            elif leaving and endpoint.ip == private:
+                found.append(public)
+        return tuple(dict.fromkeys(found))
+
+    targets, sources = addresses(check.target, False), addresses(check.source, True)
     if check.method == "ping":
-        return Flow("icmp", tuple(targets))
-    return Flow("tcp", tuple(targets), check.port)
+        return Flow("icmp", targets, sources=sources)
+    return Flow("tcp", targets, check.port, sources)
 
 
 def places(layout: Layout) -> dict[str, str]:

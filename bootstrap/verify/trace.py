@@ -186,24 +186,26 @@ def untraceable(output: str) -> str:
 
 @dataclass(frozen=True)
 class Flow:
-    """The probe's packets: their protocol, every address the target has on the way (as the
-    source addressed it, and after a translation), and for TCP the target's port. Both
-    directions match: to the target, and its answers."""
+    """The probe's packets: their protocol, every address the target and the source have on
+    the way (as the source sent it, and after each translation), and for TCP the target's
+    port. Both directions match: to the target, and its answers."""
 
     protocol: Protocol
     targets: tuple[str, ...]
     port: int = 0
+    sources: tuple[str, ...] = ()  # () matches any source
 
     def iptables_matches(self) -> list[list[str]]:
-        matches = []
-        for address in self.targets:
-            for towards, port in (("-d", "--dport"), ("-s", "--sport")):
-                match = ["-p", self.protocol, towards, address]
-                if self.protocol == "tcp":
-                    match += [port, str(self.port), "--tcp-flags", "SYN", "SYN"]
-                matches.append([*match, "-m", "ttl", "--ttl-gt", str(TTL_FLOOR),
-                                "-m", "limit", *BURST])
-        return matches
+        """Two rules, one per direction (iptables makes one rule per address pair of the
+        comma lists, and deletes them all by the same line)."""
+        targets, sources = ",".join(self.targets), ",".join(self.sources)
+        request = ["-p", self.protocol, *(["-s", sources] if sources else []), "-d", targets]
+        answer = ["-p", self.protocol, "-s", targets, *(["-d", sources] if sources else [])]
+        if self.protocol == "tcp":
+            request += ["--dport", str(self.port), "--tcp-flags", "SYN", "SYN"]
+            answer += ["--sport", str(self.port), "--tcp-flags", "SYN", "SYN"]
+        bounded = ["-m", "ttl", "--ttl-gt", str(TTL_FLOOR), "-m", "limit", *BURST]
+        return [[*request, *bounded], [*answer, *bounded]]
 
     def ebtables_matches(self) -> list[list[str]]:
         matches = []

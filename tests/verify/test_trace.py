@@ -85,16 +85,18 @@ def test_any_text_parses_without_an_error(text: str) -> None:
 
 
 def test_the_trace_rules_match_the_probe_both_ways_before_any_other_rule() -> None:
-    flow = Flow("tcp", ("203.0.113.11", "10.0.1.11"), 8080)
+    flow = Flow("tcp", ("203.0.113.11", "10.0.1.11"), 8080,
+                sources=("198.51.100.1",))
     spec = flow.agent_spec(bridge=False)
     assert set(spec) == {"iptables"}
     bounded = ["--tcp-flags", "SYN", "SYN", "-m", "ttl", "--ttl-gt", "40", "-m", "limit",
                "--limit", "5/second", "--limit-burst", "8"]
-    assert ["raw", "PREROUTING", ["-p", "tcp", "-d", "10.0.1.11", "--dport", "8080",
-                                  *bounded]] in spec["iptables"]
-    assert ["raw", "OUTPUT", ["-p", "tcp", "-s", "203.0.113.11", "--sport", "8080",
-                              *bounded]] in spec["iptables"]
-    assert len(spec["iptables"]) == 2 * 2 * 2  # chains, directions, addresses
+    request = ["-p", "tcp", "-s", "198.51.100.1", "-d", "203.0.113.11,10.0.1.11",
+               "--dport", "8080", *bounded]
+    answer = ["-p", "tcp", "-s", "203.0.113.11,10.0.1.11", "-d", "198.51.100.1",
+              "--sport", "8080", *bounded]
+    assert spec["iptables"] == [["raw", chain, match] for chain in ("PREROUTING", "OUTPUT")
+                                for match in (request, answer)]
     bridged = Flow("icmp", ("10.0.1.12",)).agent_spec(bridge=True)["ebtables"]
     burst = ["--limit", "5/second", "--limit-burst", "8"]
     assert bridged == [["nat", "PREROUTING", ["-p", "IPv4", "--ip-proto", "icmp",
