@@ -276,11 +276,14 @@ def explain(lab: LocalLab, check: Check, result: ProbeResult,
     after which it vanished, or the source's own route; else the checks' diagnosis,
     labelled as not traced."""
     if result.reached:
-        return TraceResult(list(hops), True)
-    stop = _first_stop(lab, hops)
+        wrong = check.expect_seen and result.seen != check.expect_seen
+        return TraceResult(list(hops), True, notes=[
+            f"it arrived, but {check.target.name} saw {result.seen}, not {check.expect_seen} "
+            f"({check.seen_means}): look for a NAT above"] if wrong else [])
+    stop = _first_stop(lab, check, result, hops)
     if stop is None and hops:
         last = [hop for hop in hops if hop.direction == hops[-1].direction][-1]
-        stop = _vanished(lab, check, last)
+        stop = _answered(lab, check, result, last) or _vanished(lab, check, result, last)
     if stop is None:
         stop = _source_stop(lab, check) or _diagnosed(lab, check, result)
     return TraceResult(list(hops), False, stop)
@@ -296,14 +299,21 @@ def pod_cidr_owner(plan: Plan, address: str) -> str:
     return next((node.name for node in plan.nodes if ip in node.pod_cidr), "")
 
 
-def _first_stop(lab: LocalLab, hops: Sequence[Hop]) -> Stop | None:
+def _first_stop(lab: LocalLab, check: Check, result: ProbeResult,
+                hops: Sequence[Hop]) -> Stop | None:
     routed = lab.vpc_facts().routed
     owners = port_owners(lab.layout)
     for hop in hops:
-        pods_node = pod_cidr_owner(lab.plan, hop.after[1])
+        destination = hop.after[1]
+        pods_node = pod_cidr_owner(lab.plan, destination)
         if hop.place == ROUTER and pods_node and not routed.get(pods_node, True):
             return Stop(ROUTER, hop.direction, f"no route: the VPC route table does not send "
                         f"{pods_node}'s pod CIDR to it")
+        if hop.place == ROUTER and not pods_node and \
+                ipaddress.ip_address(destination) in lab.plan.pod_network:
+            diagnosed = _diagnosed(lab, check, result).reason
+            return Stop(ROUTER, hop.direction, f"no route: {destination} is in no node's pod "
+                        f"CIDR, so the VPC route table has none for it; {diagnosed}")
         verdict = hop.dropped
         if verdict is None:
             continue
@@ -316,14 +326,31 @@ def _first_stop(lab: LocalLab, hops: Sequence[Hop]) -> Stop | None:
     return None
 
 
-def _vanished(lab: LocalLab, check: Check, hop: Hop) -> Stop:
+def _answered(lab: LocalLab, check: Check, result: ProbeResult, hop: Hop) -> Stop | None:
+    """The first answer came back to the source's node: the first packets passed every hop
+    both ways, and what failed came after them (a large answer, say), which the trace does
+    not follow; the checks' diagnosis says why, labelled as not traced."""
+    if hop.direction != "answer" or hop.place != place_of(check.source):
+        return None
+    diagnosed = _diagnosed(lab, check, result)
+    return replace(diagnosed, place=hop.place, direction="answer",
+                   reason=f"its first packets passed every hop both ways; then: "
+                          f"{diagnosed.reason}")
+
+
+def _vanished(lab: LocalLab, check: Check, result: ProbeResult, hop: Hop) -> Stop:
     local = hop.place == place_of(check.target if hop.direction == "request" else check.source)
     if local and hop.direction == "request":
         return Stop(hop.place, hop.direction, f"reached {hop.place}, but {check.target.name} "
                     "did not answer")
-    reason = vanished_reason(hop, route_used(lab.layout, hop), forwarding(lab.layout, hop.place),
-                             local)
-    return Stop(hop.place, hop.direction, reason)
+    route = route_used(lab.layout, hop)
+    reason = vanished_reason(hop, route, forwarding(lab.layout, hop.place), local)
+    if reason:
+        return Stop(hop.place, hop.direction, reason)
+    diagnosed = _diagnosed(lab, check, result)
+    return replace(diagnosed, place=hop.place, direction=hop.direction,
+                   reason=f"last seen on {hop.place} ({route_summary(route)}); "
+                          f"{diagnosed.reason}")
 
 
 def _source_stop(lab: LocalLab, check: Check) -> Stop | None:
@@ -506,7 +533,8 @@ def trace_probe(lab: LocalLab, check: Check) -> TraceResult:
     hops = [replace(hop, route=route_used(lab.layout, hop)) for hop in hops]
     notes = [f"the trace in {place} is incomplete: {error}"
              for place, text in outputs.items() for error in monitor_errors(text)]
-    return replace(explain(lab, check, result, hops), notes=notes)
+    explained = explain(lab, check, result, hops)
+    return replace(explained, notes=[*explained.notes, *notes])
 
 
 def trace(name: str, source: str, target: str, port: int | None, console: Console) -> int:

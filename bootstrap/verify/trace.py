@@ -392,7 +392,8 @@ def drop_reason(hop: Hop, verdict: Verdict, port_owners: Mapping[str, str],
 def vanished_reason(hop: Hop, route: str, forwarding: bool | None, local: bool) -> str:
     """A packet seen arriving at `hop` and nowhere after it, with no rule that dropped it:
     `route` is `ip route get` for it there (its error, if it failed), `forwarding` the
-    namespace's net.ipv4.ip_forward, `local` whether the packet was for this namespace."""
+    namespace's net.ipv4.ip_forward, `local` whether the packet was for this namespace.
+    "" when none of these explains it."""
     if hop.outbound or local:
         where = f" through {hop.outbound}" if hop.outbound else ""
         return f"left {hop.place}{where} and was not seen again"
@@ -403,4 +404,4 @@ def vanished_reason(hop: Hop, route: str, forwarding: bool | None, local: bool) 
                f"back to {hop.before[0]} through {hop.inbound}"
     if "unreachable" in route.lower() or "no route" in route.lower():
         return f"no route on {hop.place} to {hop.after[1]}"
-    return f"lost on {hop.place} after it arrived ({route.strip() or 'no route found'})"
+    return ""  # routed, forwarded, and still gone: the trace cannot say why

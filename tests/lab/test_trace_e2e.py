@@ -80,23 +80,29 @@ def test_each_check_of_a_healthy_lab_is_traced_through_the_expected_hops(
     assert rule_sets(lab) == before
 
 
-FAULTS = [  # exercise, from, to, where the trace stops, in which direction
-    ("stuck-on-node", "bash-worker-1", "nginx-worker-2", "worker-1", "request"),
-    ("quiet-neighbours", "bash-worker-1", "nginx-worker-2", "worker-1", "request"),
-    ("no-reply", "bash-worker-1", "internet", "worker-1", "answer"),
-    ("no-way-out", "bash-worker-1", "internet", "igw", "request"),
-    ("far-pods-silent", "bash-worker-1", "nginx-worker-2", "router", "answer"),
-    ("lost-between-nodes", "bash-worker-1", "nginx-worker-2", "router", "answer"),
-    ("all-looks-right", "bash-worker-1", "nginx-worker-2", "router", "request"),
-    ("one-pod-stranded", "bash-worker-1", "nginx-worker-2", "worker-1", "request"),
+FAULTS = [  # exercise, from, to, where the trace stops, in which direction, traced there
+    ("stuck-on-node", "bash-worker-1", "nginx-worker-2", "worker-1", "request", True),
+    ("quiet-neighbours", "bash-worker-1", "nginx-worker-2", "worker-1", "request", True),
+    ("no-reply", "bash-worker-1", "internet", "worker-1", "answer", True),
+    ("no-way-out", "bash-worker-1", "internet", "igw", "request", True),
+    ("far-pods-silent", "bash-worker-1", "nginx-worker-2", "router", "answer", True),
+    ("lost-between-nodes", "bash-worker-1", "nginx-worker-2", "router", "answer", True),
+    ("all-looks-right", "bash-worker-1", "nginx-worker-2", "router", "request", True),
+    ("one-pod-stranded", "bash-worker-1", "nginx-worker-2", "worker-1", "request", True),
+    ("new-pods-unreachable", "bash-worker-1", "nginx-worker-2", "router", "answer", True),
+    # The pod still sends to its gateway's address, which the node routes on to the VPC:
+    # the trace says where it was last seen, the nodes' configuration why.
+    ("neighbours-only", "bash-worker-1", "10.244.1.1", "router", "request", False),
+    # Nothing leaves the pod at all: the configuration says why.
+    ("all-cut-off", "bash-worker-1", "nginx-worker-2", "worker-1", "request", False),
 ]
 
 
-@pytest.mark.parametrize(("name", "source", "target", "place", "direction"), FAULTS,
+@pytest.mark.parametrize(("name", "source", "target", "place", "direction", "traced"), FAULTS,
                          ids=[fault[0] for fault in FAULTS])
 def test_a_fault_stops_the_trace_at_its_hop_with_the_checks_words(
         practice_lab: lifecycle.LocalLab, name: str, source: str, target: str, place: str,
-        direction: str) -> None:
+        direction: str, traced: bool) -> None:
     lab = practice_lab
     exercise = exercises.find(lab_exercise.catalog(lab.layout), name)
     where = lab_exercise.target_for(lab, "worker-1")
@@ -108,8 +114,28 @@ def test_a_fault_stops_the_trace_at_its_hop_with_the_checks_words(
         assert result.stop is not None
         assert (result.stop.place, result.stop.direction) == (place, direction)
         assert exercise.text(exercise.cause, where) in result.stop.reason
-        assert result.stop.traced
+        assert result.stop.traced == traced
         assert rule_sets(lab) == before
+        lab_exercise.run_shell(lab, exercise, where, exercise.fix(where))
+    except BaseException:
+        mend(lab)
+        raise
+
+
+def test_nat_inside_the_cluster_arrives_translated_on_the_node_and_says_so(
+        practice_lab: lifecycle.LocalLab) -> None:
+    lab = practice_lab
+    exercise = exercises.find(lab_exercise.catalog(lab.layout), "wrong-sender")
+    where = lab_exercise.target_for(lab, "worker-1")
+    try:
+        lab_exercise.inject(lab, exercise, where)
+        check = next(c for c in the_checks(lab) if c.name == "pod to pod, across nodes")
+        result = trace.trace_probe(lab, check)
+        assert result.arrived
+        request = [hop for hop in result.hops if hop.direction == "request"]
+        assert [hop.place for hop in request if hop.translated] == ["worker-1"]
+        assert any(v.rule.endswith("-j MASQUERADE") for v in request[0].rules)
+        assert "saw 10.0.1.11, not 10.244.1.3" in result.notes[0]
         lab_exercise.run_shell(lab, exercise, where, exercise.fix(where))
     except BaseException:
         mend(lab)
