@@ -17,7 +17,8 @@ from bootstrap.verify.checks import Outcome
 from bootstrap.verify.diagnose import VpcFacts
 from bootstrap.verify.report import FAIL, PASS, failure_lines, outcome_table, show_status
 from bootstrap.verify.status import read_status
-from lab import exercise, lifecycle, nodes, picture, story, trace
+from bootstrap.verify.trace_report import print_trace
+from lab import exercise, lifecycle, nodes, picture, story
 from lab.lifecycle import LabOptions, LocalLab
 
 
@@ -63,7 +64,7 @@ def _story(lab: LocalLab, console: Console) -> tuple[Sequence[Outcome], list[Pat
             for name, cause in stage.causes.items():
                 console.print(f"  {name}: {cause}")
         if stage.traced:
-            trace.print_trace(console, *stage.traced)
+            print_trace(console, *stage.traced)
     final = stages[-1]
     print_failures(console, final.outcomes, final.causes)
     pictures = [file for stage in stages
