@@ -19,7 +19,6 @@ from pathlib import Path
 
 from rich.console import Console
 
-from bootstrap.errors import LabError
 from bootstrap.verify import trace_agent
 from bootstrap.verify.checks import (
     WEB_PORT,
@@ -37,13 +36,16 @@ from bootstrap.verify.trace import (
     Flow,
     Hop,
     Stop,
+    TraceError,
     TraceResult,
+    TraceUnavailable,
     assemble,
     counted_rules,
     drop_reason,
     monitor_errors,
     parse_monitor,
     route_summary,
+    traced_part,
     untraceable,
     vanished_reason,
 )
@@ -56,14 +58,6 @@ from lab.lifecycle import LabProber, LocalLab
 AGENT = Path(trace_agent.__file__)
 AGENT_TIMEOUT_S = 10.0
 INTERNET, IGW, ROUTER = picture.INTERNET, picture.IGW, picture.ROUTER
-
-
-class TraceError(LabError):
-    """Bad input (an endpoint the lab has not), or a namespace that cannot trace."""
-
-
-class TraceUnavailable(TraceError):
-    """This kernel or machine cannot trace packets (no nftables trace, no xtables-monitor)."""
 
 
 # -- endpoints and the probe (pure) ---------------------------------------------------------
@@ -199,14 +193,6 @@ def stop_agents(agents: Sequence[Agent]) -> dict[str, str]:
             output, _ = agent.process.communicate(timeout=AGENT_TIMEOUT_S)
         outputs[agent.place] = traced_part(output)
     return outputs
-
-
-def traced_part(output: str) -> str:
-    """What the agent's monitor saw: the lines after its TRACE mark."""
-    lines = output.splitlines()
-    if trace_agent.OUTPUT_MARK not in lines:
-        return ""
-    return "\n".join(lines[lines.index(trace_agent.OUTPUT_MARK) + 1:])
 
 
 def traced_probe(lab: LocalLab, check: Check, flow: Flow) -> tuple[ProbeResult, dict[str, str]]:

@@ -16,7 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from bootstrap.verify.trace_agent import UNTRACEABLE
+from bootstrap.errors import LabError
+from bootstrap.verify.trace_agent import OUTPUT_MARK, UNTRACEABLE
 
 Direction = Literal["request", "answer"]
 Protocol = Literal["tcp", "icmp"]
@@ -33,6 +34,14 @@ TRACE_CHAINS = ("PREROUTING", "OUTPUT")
 # most a short burst per rule, or the monitor, flooded, loses the trace.
 TTL_FLOOR = 40
 BURST = ["--limit", "5/second", "--limit-burst", "8"]
+
+
+class TraceError(LabError):
+    """Bad input (an endpoint that does not exist), or an agent that failed."""
+
+
+class TraceUnavailable(TraceError):
+    """This kernel or machine cannot trace packets (no nftables trace, no xtables-monitor)."""
 
 
 @dataclass(frozen=True)
@@ -172,6 +181,14 @@ def monitor_errors(text: str) -> list[str]:
     known = ("PACKET:", "TRACE:", "EVENT:", "NEWGEN:")
     return [line.strip() for line in text.splitlines()
             if line.strip() and not line.strip().startswith(known)]
+
+
+def traced_part(output: str) -> str:
+    """What an agent's monitor saw: the lines after its TRACE mark."""
+    lines = output.splitlines()
+    if OUTPUT_MARK not in lines:
+        return ""
+    return "\n".join(lines[lines.index(OUTPUT_MARK) + 1:])
 
 
 def untraceable(output: str) -> str:

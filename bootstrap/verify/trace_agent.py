@@ -8,7 +8,11 @@ vanishes, it removes every rule it added, and a table it created, and prints wha
 monitor saw after a TRACE line. Nothing else in the namespace changes.
 
     python3 -IS trace_agent.py '{"iptables": [["raw", "PREROUTING", ["-p", "icmp"]]],
-                                 "ebtables": []}'
+                                 "ebtables": []}' [DEADLINE_SECONDS]
+
+With DEADLINE_SECONDS it runs detached instead (a node reached over SSH): it ignores its
+input and stops on a signal (SIGTERM) or at the deadline, so a lost connection leaves no rule
+behind for longer than that.
 """
 
 from __future__ import annotations
@@ -126,7 +130,7 @@ class Monitor:
         return True
 
     def stop(self) -> list[str]:
-        self.process.send_signal(signal.SIGINT)
+        self.process.terminate()  # its lines are out already: stdbuf -oL
         try:
             self.process.wait(timeout=2)
         except subprocess.TimeoutExpired:
@@ -140,7 +144,9 @@ def interrupted(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(signum)
 
 
-def run(spec: dict[str, list[list]]) -> int:
+def run(spec: dict[str, list[list]], deadline: float | None = None) -> int:
+    """Trace until the standard input closes; with a deadline (detached, on a node reached
+    over SSH), until a signal or the deadline, whichever comes first."""
     rules = [(tool, table, chain, match) for tool in FAMILIES
              for table, chain, match in spec.get(tool, [])]
     before = {tool: existing_tables(tool) for tool in FAMILIES if spec.get(tool)}
@@ -163,7 +169,10 @@ def run(spec: dict[str, list[list]]) -> int:
                 return 1
             added.append(rule)
         print(READY, flush=True)
-        sys.stdin.read()  # until the caller is done, or gone
+        if deadline is None:
+            sys.stdin.read()  # until the caller is done, or gone
+        else:
+            time.sleep(deadline)  # a signal ends it sooner
     except KeyboardInterrupt:
         pass
     finally:
@@ -186,7 +195,7 @@ def run(spec: dict[str, list[list]]) -> int:
 def main(argv: list[str]) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, interrupted)
-    return run(json.loads(argv[0]))
+    return run(json.loads(argv[0]), float(argv[1]) if len(argv) > 1 else None)
 
 
 if __name__ == "__main__":
