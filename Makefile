@@ -30,8 +30,9 @@ status: $(TARGET_SETUP)
 	$(PY) -m lab status $(ON_STACK)
 
 # One probe, hop by hop: make trace FROM=bash-worker-1 TO=nginx-worker-2 [PORT=8080]
-trace: setup
-	$(PY) -m lab trace "$(FROM)" "$(TO)" $(if $(PORT),--port $(PORT))
+# [STACK=dev: between two test pods of a stack]
+trace: $(TARGET_SETUP)
+	$(PY) -m lab trace "$(FROM)" "$(TO)" $(if $(PORT),--port $(PORT)) $(ON_STACK)
 
 run: $(TARGET_SETUP)
 	$(PY) -m lab bootstrap "$(PHASES)" $(ON_STACK)

@@ -1,6 +1,6 @@
-"""The command line's verbs on a Pulumi stack: check, status, run, ssh and the node-level
-exercises, over SSH to the stack's nodes with its pinned host keys (the lab's own verbs are
-in lab/cli.py)."""
+"""The command line's verbs on a Pulumi stack: check, status, run, ssh, trace and the
+node-level exercises, over SSH to the stack's nodes with its pinned host keys (the lab's own
+verbs are in lab/cli.py)."""
 
 from __future__ import annotations
 
@@ -21,12 +21,19 @@ from bootstrap.inventory import Inventory
 from bootstrap.kubeadm import KUBECTL, KUBECTL_TIMEOUT
 from bootstrap.phases.cloud import run_cloud_workflow
 from bootstrap.phases.context import CloudContext
-from bootstrap.phases.verify import check_cluster, cloud_table
+from bootstrap.phases.verify import check_cluster, cloud_table, deploy_test_pods
 from bootstrap.remote import NodeCluster
 from bootstrap.ssh import ClusterSSH
 from bootstrap.stack import Stack, StackError, by_hand_kubeconfig
+from bootstrap.verify import cloud_trace
+from bootstrap.verify.checks import ECHO_SERVER, probe
+from bootstrap.verify.cloud import KubectlProber, cloud_checks
+from bootstrap.verify.facts import read_node_facts
 from bootstrap.verify.report import failure_lines, show_status
 from bootstrap.verify.status import read_status
+from bootstrap.verify.trace import assemble, parse_monitor
+from bootstrap.verify.trace_remote import traced_on_nodes
+from bootstrap.verify.trace_report import print_trace
 
 # Opens the stack's SSH connections; the tests pass one that returns fake nodes.
 Connect = Callable[[Inventory], NodeCluster]
@@ -60,6 +67,33 @@ def check(stack: Stack, console: Console, connect: Connect = open_ssh) -> int:
     for line in failure_lines(outcomes, causes):
         console.print(f"[red]x[/] {line}", soft_wrap=True)
     return 0 if all(outcome.passed for outcome in outcomes) else 1
+
+
+def trace(stack: Stack, source: str, target: str, port: int | None, console: Console,
+          connect: Connect = open_ssh) -> int:
+    """One probe between two test pods, traced by the kernel on both pods' nodes over SSH,
+    the VPC between them inferred; 0 when it arrived, 1 when it stopped."""
+    _require_cluster(stack)
+    ssh = connect(stack.inventory)
+    try:
+        control_plane = ssh.node(stack.plan.control_plane.name)
+        echo_source = ECHO_SERVER.read_bytes()
+        pods = deploy_test_pods(control_plane, stack.plan, echo_source)
+        check = cloud_trace.pod_check(cloud_checks(stack.plan, stack.inventory, pods),
+                                      cloud_trace.pod_endpoint(pods, source),
+                                      cloud_trace.pod_endpoint(pods, target), port)
+        flow = cloud_trace.pod_flow(stack.plan, check)
+        prober = KubectlProber(ssh, control_plane.name, echo_source)
+        nodes = list(dict.fromkeys(end.node or "" for end in (check.source, check.target)))
+        result, outputs = traced_on_nodes(ssh, nodes, flow, lambda: probe(prober, check))
+        hops = assemble({node: parse_monitor(text) for node, text in outputs.items()}, flow)
+        traced = cloud_trace.explain(stack.plan, check, result,
+                                     cloud_trace.with_vpc_hops(hops, stack.plan),
+                                     lambda: read_node_facts(ssh, stack.plan))
+    finally:
+        ssh.close()
+    print_trace(console, check, traced)
+    return 0 if traced.arrived else 1
 
 
 def start_exercise(stack: Stack, wanted: str | None, node_name: str | None, console: Console,

@@ -7,6 +7,7 @@
     check  the connectivity checks on a kept lab, with the likely cause of each failure
     status what each node of a kept lab holds, marked where it differs from the plan
     trace  one probe between two endpoints of a kept lab, traced hop by hop by the kernel
+           (with --stack NAME: between two test pods, on both pods' nodes)
     bootstrap  run bootstrap phases (comma-separated) on a kept lab, idempotently
     ssh    an interactive shell on a node of a Pulumi stack (check, status and bootstrap
            also take --stack NAME)
@@ -58,7 +59,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     verbs.add_parser("check", parents=[on_stack], help="run the connectivity checks")
     verbs.add_parser("status", parents=[on_stack],
                      help="what each node holds, against the plan")
-    trace = verbs.add_parser("trace", help="one probe, hop by hop, with the rules it met")
+    trace = verbs.add_parser("trace", parents=[on_stack],
+                             help="one probe, hop by hop, with the rules it met")
     trace.add_argument("source", help="a pod, a node, internet, or an address")
     trace.add_argument("target", help="a pod, a node, internet, or an address")
     trace.add_argument("--port", type=int, help="probe this TCP port with HTTP (default: "
@@ -177,6 +179,8 @@ def on_stack(args: argparse.Namespace, console: Console) -> int:
             return stack_commands.hint(stack, console)
         if args.verb == "solution":
             return stack_commands.solution(stack, console)
+        if args.verb == "trace":
+            return stack_commands.trace(stack, args.source, args.target, args.port, console)
     except LabError as error:
         console.print(f"[red]{args.verb} failed:[/] {error}", soft_wrap=True)
         return 1

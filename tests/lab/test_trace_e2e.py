@@ -14,10 +14,14 @@ from pathlib import Path
 import pytest
 
 from bootstrap import exercises
-from bootstrap.verify.checks import Check, lab_checks
+from bootstrap.verify import cloud_trace
+from bootstrap.verify.checks import Check, ProbeResult, lab_checks, probe
+from bootstrap.verify.trace import assemble, parse_monitor
+from bootstrap.verify.trace_remote import traced_on_nodes
 from lab import exercise as lab_exercise
 from lab import lifecycle, network, trace
 from lab.layout import INTERNET_ECHO_PORT
+from lab.lifecycle import LabProber
 from tests.lab.test_exercises_e2e import mend
 from tests.lab.test_lab_e2e import lab_cli, lab_name
 
@@ -187,6 +191,40 @@ def test_without_xtables_monitor_it_falls_back_to_rule_counters_labelled(
     assert any(rule.endswith("-j MASQUERADE") for rule in result.counted["worker-1"])
     monkeypatch.undo()
     assert rule_sets(lab) == before
+
+
+def leftovers_on_nodes(lab: lifecycle.LocalLab) -> list[str]:
+    listed = lab.ssh.on_all(lambda node: node.run("ls -d /run/k8s-cni-lab-trace-* 2>/dev/null",
+                                                  timeout=30, check=False).output.split())
+    return [directory for directories in listed.values() for directory in directories]
+
+
+def test_a_stacks_trace_runs_its_agents_over_ssh_and_leaves_nothing_behind(
+        practice_lab: lifecycle.LocalLab) -> None:
+    """The stack's path, on the lab's nodes: the agents over SSH as the login user with sudo,
+    the probe, the VPC inferred between the two nodes."""
+    lab, before = practice_lab, rule_sets(practice_lab)
+    check = next(c for c in the_checks(lab) if c.name == "pod to pod, across nodes")
+    flow = cloud_trace.pod_flow(lab.plan, check)
+    result, outputs = traced_on_nodes(lab.ssh, ["worker-1", "worker-2"], flow,
+                                      lambda: probe(LabProber(lab), check))
+    assert result.reached
+    hops = cloud_trace.with_vpc_hops(
+        assemble({node: parse_monitor(text) for node, text in outputs.items()}, flow), lab.plan)
+    assert [(hop.direction, hop.place) for hop in hops] == [
+        ("request", "worker-1"), ("request", cloud_trace.VPC_HOP), ("request", "worker-2"),
+        ("answer", "worker-2"), ("answer", cloud_trace.VPC_HOP), ("answer", "worker-1")]
+    assert rule_sets(lab) == before
+    assert leftovers_on_nodes(lab) == []
+
+    def interrupted() -> ProbeResult:
+        assert rule_sets(lab) != before
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        traced_on_nodes(lab.ssh, ["worker-1", "worker-2"], flow, interrupted)
+    assert rule_sets(lab) == before
+    assert leftovers_on_nodes(lab) == []
 
 
 def test_the_command_line_traces_and_refuses_bad_input(practice_lab: lifecycle.LocalLab) -> None:

@@ -1,0 +1,85 @@
+"""`make trace STACK=dev FROM=<pod> TO=<pod>`: the trace between two test pods of a stack.
+
+The node-side hops are traced by the kernel on both pods' nodes, over SSH
+(trace_remote.py). Between the nodes the packet crosses the VPC, which no one here can
+trace: that hop is the stack's route table as its Pulumi program makes it (each node's pod
+CIDR to that node), shown as inferred, not traced.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Mapping, Sequence
+
+from bootstrap.verify.checks import WEB_PORT, Check, Endpoint, Outcome, PodInfo, ProbeResult
+from bootstrap.verify.diagnose import NodeFacts, VpcFacts, failure_causes
+from bootstrap.verify.trace import Flow, Hop, Stop, TraceError, TraceResult, drop_reason
+from infra.plan import Plan
+
+VPC_HOP = "VPC (inferred from the route table, not traced)"
+VPC_NOTE = "the VPC hop is inferred from the stack's route table (each node's pod CIDR to " \
+           "that node, as the Pulumi program makes it), not traced"
+
+
+def pod_endpoint(pods: Sequence[PodInfo], text: str) -> Endpoint:
+    """A test pod by name or address: on a stack, a trace runs between two of them."""
+    for pod in pods:
+        if text in (pod.name, pod.ip):
+            return Endpoint("pod", pod.name, pod.ip, pod.node)
+    raise TraceError(f"no test pod {text!r} on the stack: name one of "
+                     f"{', '.join(pod.name for pod in pods)} (FROM= and TO= on a stack are "
+                     "pods)")
+
+
+def pod_check(checks: Sequence[Check], source: Endpoint, target: Endpoint,
+              port: int | None) -> Check:
+    """The stack's check between the two pods, if there is one; else HTTP to the target's
+    web server (or to `port`)."""
+    for check in checks:
+        if check.source == source and check.target == target and port in (None, check.port):
+            return check
+    return Check(f"{source.name} to {target.name}", source, target, "http", port or WEB_PORT)
+
+
+def pod_flow(plan: Plan, check: Check) -> Flow:
+    """Pod to pod: the source pod's address, or its node's where a rule masquerades it."""
+    node = plan.node(check.source.node or "")
+    return Flow("tcp", (check.target.ip,), check.port,
+                (check.source.ip, str(node.private_ip)))
+
+
+def with_vpc_hops(hops: Sequence[Hop], plan: Plan) -> list[Hop]:
+    """Between one node's hop and another's, the VPC's: the route its table has for the
+    packet's destination."""
+    found: list[Hop] = []
+    for hop in hops:
+        last = found[-1] if found else None
+        if last and last.direction == hop.direction and last.place != hop.place:
+            destination = ipaddress.ip_address(last.after[1])
+            owner = next((node for node in plan.nodes if destination in node.pod_cidr), None)
+            route = f"{owner.pod_cidr} via {owner.name} ({owner.private_ip})" if owner \
+                else f"{destination} in the subnet: delivered directly"
+            found.append(Hop(VPC_HOP, hop.direction, "", "", last.after, last.after, (),
+                             last.ttl - 1, route=route))
+        found.append(hop)
+    return found
+
+
+def explain(plan: Plan, check: Check, result: ProbeResult, hops: Sequence[Hop],
+            read_facts: Callable[[], Mapping[str, NodeFacts]]) -> TraceResult:
+    """Arrived; or the first rule or policy that dropped it on a node (traced); or how far
+    it was seen and the checks' diagnosis (not traced)."""
+    if result.reached:
+        return TraceResult(list(hops), True, notes=[VPC_NOTE])
+    for hop in hops:
+        if hop.dropped:
+            reason = drop_reason(hop, hop.dropped, {}, str(plan.pod_network))
+            return TraceResult(list(hops), False, Stop(hop.place, hop.direction, reason),
+                               [VPC_NOTE])
+    cause = failure_causes([Outcome(check, result, 0.0)], read_facts, VpcFacts())[check.name]
+    last = hops[-1] if hops else None
+    place = last.place if last else check.source.node or ""
+    seen = f"last seen on {place}; " if last else "seen on no node; "
+    return TraceResult(list(hops), False,
+                       Stop(place, last.direction if last else "request", seen + cause,
+                            traced=False), [VPC_NOTE])
