@@ -36,7 +36,7 @@ routes = PodRoutes("lab-pods", PodRoutesArgs(
     routes=[PodRoute(m.node, m.instance.primary_network_interface_id) for m in nodes.members],
 ))
 
-for name, value in stack_outputs(plan, network, nodes).items():
+for name, value in stack_outputs(plan, network, nodes, routes).items():
     pulumi.export(name, value)
 
 if config.bootstrap:

@@ -12,7 +12,7 @@ import json
 import shutil
 import subprocess
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,8 @@ class Stack:
     plan: Plan
     inventory: Inventory
     bootstrapped_by_pulumi: bool = True  # False when built with bootstrap=false
+    # The VPC's pod routes from the outputs: destination CIDR -> where AWS sends it.
+    pod_routes: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def has_cluster(self) -> bool:
@@ -84,7 +86,13 @@ def stack_from_outputs(name: str, outputs: Mapping[str, Any]) -> Stack:
         for node in plan.nodes if node.name in nodes), private_key=outputs["privateKey"])
     check_agrees_with_plan(plan, inventory,
                            {name: entry["privateIp"] for name, entry in nodes.items()})
-    return Stack(name, plan, inventory, bootstrapped_by_pulumi="kubeconfig" in outputs)
+    return Stack(name, plan, inventory, bootstrapped_by_pulumi="kubeconfig" in outputs,
+                 pod_routes=_pod_routes(outputs.get("podRoutes", {})))
+
+
+def _pod_routes(routes: Mapping[str, Any]) -> dict[str, str]:
+    return {route["destination"]: f"{route['networkInterfaceId']} ({node})"
+            for node, route in routes.items()}
 
 
 def read_stack(name: str) -> Stack:

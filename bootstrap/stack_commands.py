@@ -87,9 +87,11 @@ def trace(stack: Stack, source: str, target: str, port: int | None, console: Con
         nodes = list(dict.fromkeys(end.node or "" for end in (check.source, check.target)))
         result, outputs = traced_on_nodes(ssh, nodes, flow, lambda: probe(prober, check))
         hops = assemble({node: parse_monitor(text) for node, text in outputs.items()}, flow)
+        routes = stack.pod_routes or cloud_trace.planned_routes(stack.plan)
+        note = cloud_trace.VPC_NOTE if stack.pod_routes else cloud_trace.PLANNED_NOTE
         traced = cloud_trace.explain(stack.plan, check, result,
-                                     cloud_trace.with_vpc_hops(hops, stack.plan),
-                                     lambda: read_node_facts(ssh, stack.plan))
+                                     cloud_trace.with_vpc_hops(hops, routes),
+                                     lambda: read_node_facts(ssh, stack.plan), note)
     finally:
         ssh.close()
     print_trace(console, check, traced)

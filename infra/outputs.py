@@ -15,6 +15,7 @@ import pulumi
 from infra.network import Network
 from infra.nodes import NodeResources, Nodes
 from infra.plan import NODE_LOGIN, Plan
+from infra.routes import PodRoutes
 
 
 def key_file() -> str:
@@ -26,7 +27,8 @@ def known_hosts_file() -> str:
     return f"{pulumi.get_project()}-{pulumi.get_stack()}.known_hosts"
 
 
-def stack_outputs(plan: Plan, network: Network, nodes: Nodes) -> dict[str, Any]:
+def stack_outputs(plan: Plan, network: Network, nodes: Nodes,
+                  routes: PodRoutes) -> dict[str, Any]:
     members = nodes.members
     return {
         "nodes": {m.node.name: _inventory_entry(m) for m in members},
@@ -42,6 +44,10 @@ def stack_outputs(plan: Plan, network: Network, nodes: Nodes) -> dict[str, Any]:
         "privateKey": nodes.private_key_openssh,
         "keyPairName": nodes.key_pair.key_name,
         "routeTableId": network.route_table.id,
+        # The pod routes as AWS holds them: what `make trace STACK=...` shows for the VPC hop.
+        "podRoutes": {node: {"destination": route.destination_cidr_block,
+                             "networkInterfaceId": route.network_interface_id}
+                      for node, route in routes.routes.items()},
         "vpcId": network.vpc.id,
         "subnetId": network.subnet.id,
         "securityGroupId": network.security_group.id,

@@ -2,8 +2,8 @@
 
 The node-side hops are traced by the kernel on both pods' nodes, over SSH
 (trace_remote.py). Between the nodes the packet crosses the VPC, which no one here can
-trace: that hop is the stack's route table as its Pulumi program makes it (each node's pod
-CIDR to that node), shown as inferred, not traced.
+trace: that hop is the route the stack's route table holds for the packet (the `podRoutes`
+output), shown as inferred, not traced.
 """
 
 from __future__ import annotations
@@ -17,8 +17,15 @@ from bootstrap.verify.trace import Flow, Hop, Stop, TraceError, TraceResult, dro
 from infra.plan import Plan
 
 VPC_HOP = "VPC (inferred from the route table, not traced)"
-VPC_NOTE = "the VPC hop is inferred from the stack's route table (each node's pod CIDR to " \
-           "that node, as the Pulumi program makes it), not traced"
+VPC_NOTE = "the VPC hop is inferred from the stack's route table (its podRoutes output), " \
+           "not traced"
+PLANNED_NOTE = "the VPC hop is inferred from the plan's routes (this stack predates the " \
+               "podRoutes output: `pulumi up` adds it), not traced"
+
+
+def planned_routes(plan: Plan) -> dict[str, str]:
+    """The routes the Pulumi program makes: each node's pod CIDR to that node."""
+    return {str(node.pod_cidr): f"{node.name} ({node.private_ip})" for node in plan.nodes}
 
 
 def pod_endpoint(pods: Sequence[PodInfo], text: str) -> Endpoint:
@@ -48,38 +55,45 @@ def pod_flow(plan: Plan, check: Check) -> Flow:
                 (check.source.ip, str(node.private_ip)))
 
 
-def with_vpc_hops(hops: Sequence[Hop], plan: Plan) -> list[Hop]:
-    """Between one node's hop and another's, the VPC's: the route its table has for the
-    packet's destination."""
+def with_vpc_hops(hops: Sequence[Hop], routes: Mapping[str, str]) -> list[Hop]:
+    """Between one node's hop and another's, the VPC's: the most specific of `routes`
+    (destination CIDR -> target) for the packet's destination."""
     found: list[Hop] = []
     for hop in hops:
         last = found[-1] if found else None
         if last and last.direction == hop.direction and last.place != hop.place:
-            destination = ipaddress.ip_address(last.after[1])
-            owner = next((node for node in plan.nodes if destination in node.pod_cidr), None)
-            route = f"{owner.pod_cidr} via {owner.name} ({owner.private_ip})" if owner \
-                else f"{destination} in the subnet: delivered directly"
             found.append(Hop(VPC_HOP, hop.direction, "", "", last.after, last.after, (),
-                             last.ttl - 1, route=route))
+                             last.ttl - 1, route=vpc_route(routes, last.after[1])))
         found.append(hop)
     return found
 
 
+def vpc_route(routes: Mapping[str, str], destination: str) -> str:
+    address = ipaddress.ip_address(destination)
+    matching = [ipaddress.ip_network(cidr) for cidr in routes
+                if address in ipaddress.ip_network(cidr)]
+    if not matching:
+        return f"{destination} in the subnet: delivered directly"
+    best = max(matching, key=lambda network: network.prefixlen)
+    return f"{best} via {routes[str(best)]}"
+
+
 def explain(plan: Plan, check: Check, result: ProbeResult, hops: Sequence[Hop],
-            read_facts: Callable[[], Mapping[str, NodeFacts]]) -> TraceResult:
+            read_facts: Callable[[], Mapping[str, NodeFacts]],
+            note: str = VPC_NOTE) -> TraceResult:
     """Arrived; or the first rule or policy that dropped it on a node (traced); or how far
     it was seen and the checks' diagnosis (not traced)."""
     if result.reached:
-        return TraceResult(list(hops), True, notes=[VPC_NOTE])
+        return TraceResult(list(hops), True, notes=[note])
     for hop in hops:
         if hop.dropped:
             reason = drop_reason(hop, hop.dropped, {}, str(plan.pod_network))
             return TraceResult(list(hops), False, Stop(hop.place, hop.direction, reason),
-                               [VPC_NOTE])
+                               [note])
     cause = failure_causes([Outcome(check, result, 0.0)], read_facts, VpcFacts())[check.name]
     last = hops[-1] if hops else None
     place = last.place if last else check.source.node or ""
     seen = f"last seen on {place}; " if last else "seen on no node; "
     return TraceResult(list(hops), False,
                        Stop(place, last.direction if last else "request", seen + cause,
-                            traced=False), [VPC_NOTE])
+                            traced=False), [note])

@@ -50,12 +50,31 @@ def test_a_stack_trace_lists_both_nodes_and_the_vpc_between_them_as_inferred() -
     assert "pod to pod, across nodes" not in text  # the title names the pods
     assert "bash-worker-1 → nginx-worker-2" in text
     assert "VPC (inferred from the route table, not traced)" in text
-    assert "10.244.2.0/24 via worker-2 (10.0.1.12)" in text
-    assert "arrived" in text and "the VPC hop is inferred" in text
+    assert "10.244.2.0/24 via eni-2 (worker-2)" in text  # the stack's own route
+    assert "arrived" in text and cloud_trace.VPC_NOTE in text
     for name in ("worker-1", "worker-2"):
         commands = cluster.node(name).commands
         assert any("setsid" in command for command in commands)
         assert any("kill -TERM" in command for command in commands)
+
+
+def test_a_stack_without_the_routes_output_is_traced_with_the_plans_routes_and_says_so(
+) -> None:
+    cluster = traced_by(healthy_cluster(), "pod-to-pod")
+    console = Console(file=io.StringIO(), width=300)
+    assert stack_commands.trace(stack(podRoutes=None), "bash-worker-1", "nginx-worker-2", None,
+                                console, connect_to(cluster)) == 0
+    text = output_of(console)
+    assert "10.244.2.0/24 via worker-2 (10.0.1.12)" in text
+    assert cloud_trace.PLANNED_NOTE in text
+
+
+def test_the_vpc_hop_takes_the_most_specific_route() -> None:
+    routes = {"10.244.0.0/16": "eni-wide (x)", "10.244.2.0/24": "eni-2 (worker-2)"}
+    assert cloud_trace.vpc_route(routes, "10.244.2.7") == "10.244.2.0/24 via eni-2 (worker-2)"
+    assert cloud_trace.vpc_route(routes, "10.244.9.7") == "10.244.0.0/16 via eni-wide (x)"
+    assert cloud_trace.vpc_route(routes, "10.0.1.12") == \
+        "10.0.1.12 in the subnet: delivered directly"
 
 
 def test_a_stack_trace_stops_where_a_node_dropped_the_packet() -> None:

@@ -44,8 +44,11 @@ def recorded_outputs(**changes: Any) -> dict[str, Any]:
         "nodes": {node.name: {"publicIp": PUBLIC[node.name], "privateIp": str(node.private_ip),
                               "hostPublicKey": HOST_KEY, "role": node.role}
                   for node in PLAN.nodes},
+        "podRoutes": {node.name: {"destination": str(node.pod_cidr),
+                                  "networkInterfaceId": f"eni-{node.index}"}
+                      for node in PLAN.nodes},
         "sshUser": "ubuntu", "privateKey": LOGIN_KEY, "kubeconfig": "apiVersion: v1\n"}
-    return {**outputs, **changes}
+    return {key: value for key, value in {**outputs, **changes}.items() if value is not None}
 
 
 @pytest.fixture

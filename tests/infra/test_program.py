@@ -382,6 +382,10 @@ def test_outputs_describe_every_node(deploy):
                 f"-o StrictHostKeyChecking=yes ubuntu@{public_ip}")
         assert sorted(outputs["publicIpsByNode"]) == ["master", "worker-1", "worker-2"]
         assert outputs["routeTableId"] == "lab-routes-id"
+        assert outputs["podRoutes"] == {
+            node.name: {"destination": str(node.pod_cidr),
+                        "networkInterfaceId": f"eni-lab-{node.name}"}
+            for node in DEFAULT_PLAN.nodes}
         assert outputs["keyPairName"] == "lab-login-key"
         assert outputs["sshUser"] == "ubuntu"
         assert outputs["privateKey"].startswith("-----BEGIN OPENSSH PRIVATE KEY-----")

@@ -210,7 +210,8 @@ def test_a_stacks_trace_runs_its_agents_over_ssh_and_leaves_nothing_behind(
                                       lambda: probe(LabProber(lab), check))
     assert result.reached
     hops = cloud_trace.with_vpc_hops(
-        assemble({node: parse_monitor(text) for node, text in outputs.items()}, flow), lab.plan)
+        assemble({node: parse_monitor(text) for node, text in outputs.items()}, flow),
+        cloud_trace.planned_routes(lab.plan))
     assert [(hop.direction, hop.place) for hop in hops] == [
         ("request", "worker-1"), ("request", cloud_trace.VPC_HOP), ("request", "worker-2"),
         ("answer", "worker-2"), ("answer", cloud_trace.VPC_HOP), ("answer", "worker-1")]
