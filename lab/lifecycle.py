@@ -158,10 +158,11 @@ class LocalLab:
         """What the simulated VPC does, read from its router: does the route table send each
         node's pod CIDR to that node, and is its source/destination check on?"""
         table = network.run(["ip", "-n", self.layout.router_ns, "route", "show"])
-        routes = {line.split()[0]: f" {line} " for line in table.splitlines() if line}
-        routed = {node.name: f" via {node.private_ip} " in routes.get(str(node.pod_cidr), "")
+        next_hops = {words[0]: words[words.index("via") + 1]
+                     for words in map(str.split, table.splitlines()) if "via" in words}
+        routed = {node.name: next_hops.get(str(node.pod_cidr)) == str(node.private_ip)
                   for node in self.plan.nodes}
-        return VpcFacts(routed, network.source_dest_checked(self.layout))
+        return VpcFacts(routed, network.source_dest_checked(self.layout), next_hops)
 
 
 def missing_seed_pods(plan: Plan, pods: Sequence[PodInfo]) -> list[SeedPod]:

@@ -24,7 +24,13 @@ import graphviz
 
 from bootstrap.verify.checks import Check, Endpoint, Outcome, PodInfo
 from bootstrap.verify.diagnose import VpcFacts
-from lab.layout import IGW_INTERNET_SIDE, INTERNET_HOST, Layout, router_igw_addresses
+from lab.layout import (
+    IGW_INTERNET_SIDE,
+    INTERNET_HOST,
+    LabNode,
+    Layout,
+    router_igw_addresses,
+)
 
 INTERNET, IGW, ROUTER = "internet", "igw", "router"
 # Where `make lab` and `python -m lab check` draw the checks: in the checkout, beside the
@@ -153,6 +159,13 @@ def _wrapped(text: str) -> str:
     return "<BR/>".join(_escape(line) for line in textwrap.wrap(text, REASON_WIDTH))
 
 
+def _misrouted(node: LabNode, vpc: VpcFacts) -> str:
+    cidr, planned = node.planned.pod_cidr, node.planned.private_ip
+    wrong = vpc.next_hops.get(str(cidr))
+    return f"wrong: {cidr} via {wrong}, not {planned}" if wrong else \
+        f"missing: {cidr} via {planned}"
+
+
 def _boxes(layout: Layout, pods: Sequence[PodInfo], vpc: VpcFacts) -> dict[str, _Box]:
     """Each element's box: its name, its addresses, and what the VPC does differently from
     the plan (a pod route missing, a node's source/destination check on)."""
@@ -169,7 +182,7 @@ def _boxes(layout: Layout, pods: Sequence[PodInfo], vpc: VpcFacts) -> dict[str, 
                                     *(route for name, route in routes.items()
                                       if name not in missing),
                                     f"0.0.0.0/0 via {igw_side.ip}"],
-                     [f"missing: {routes[name]}" for name in routes if name in missing]),
+                     [_misrouted(node, vpc) for node in layout.nodes if node.name in missing]),
     }
     prefix = layout.plan.subnet.prefixlen
     for node in layout.nodes:

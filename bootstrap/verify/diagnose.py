@@ -133,6 +133,8 @@ class VpcFacts:
 
     routed: Mapping[str, bool] = field(default_factory=dict)  # its pod CIDR routed to it
     source_dest_check: Mapping[str, bool] = field(default_factory=dict)
+    # The route table's next hop for each destination CIDR, where it can be read.
+    next_hops: Mapping[str, str] = field(default_factory=dict)
 
 
 def failure_causes(outcomes: Sequence[Outcome], read_facts: Callable[[], Mapping[str, NodeFacts]],

@@ -174,6 +174,14 @@ def test_a_route_missing_from_the_router_and_a_source_dest_check_are_shown_in_re
     assert "legend" not in source  # no paths, no legend
 
 
+def test_a_route_to_the_wrong_node_is_shown_with_where_it_goes():
+    vpc = VpcFacts(routed={"master": True, "worker-1": True, "worker-2": False},
+                   next_hops={"10.244.2.0/24": "10.0.1.11"})
+    source = picture.graph(layout(), PODS, [], vpc).source
+    assert "wrong: 10.244.2.0/24 via 10.0.1.11, not 10.0.1.12" in source
+    assert "missing:" not in source
+
+
 def png_supported() -> bool:
     return subprocess.run(["dot", "-Tpng", "-o/dev/null"], input=b"digraph {}",
                           capture_output=True, check=False).returncode == 0
