@@ -33,7 +33,7 @@ def up(options: LabOptions, *, keep: bool, steps: bool, console: Console) -> int
         with lab.ssh:
             outcomes, pictures = _story(lab, console) if steps else _straight(lab, console)
         console.log(f"lab {name}: up and checked in {time.monotonic() - started:.1f} s")
-        show_pictures(console, pictures)
+        picture.show_files(console, "The checks", pictures)
         if keep:
             _print_how_to_explore(lab)
         return 0 if all(outcome.passed for outcome in outcomes) else 1
@@ -88,17 +88,6 @@ def draw_checks(lab: LocalLab, what: str, outcomes: Sequence[Outcome],
         return []
 
 
-def show_pictures(console: Console, files: Sequence[Path]) -> None:
-    """Where the pictures are: each SVG (open it in a browser), and the PNGs beside them."""
-    here = Path.cwd()
-    svgs = [str(file.relative_to(here)) if file.is_relative_to(here) else str(file)
-            for file in files if file.suffix == ".svg"]
-    if svgs:
-        beside = "each" if len(svgs) > 1 else "it"
-        pngs = f" (and a .png beside {beside})" if any(f.suffix == ".png" for f in files) else ""
-        console.print(f"The checks, drawn: {', '.join(svgs)}{pngs}", soft_wrap=True)
-
-
 def _print_how_to_explore(lab: LocalLab) -> None:
     name = lab.layout.lab
     node = lab.plan.workers[0].name
@@ -144,11 +133,11 @@ def check(name: str, console: Console) -> int:
                                VpcFacts() if record else lab.vpc_facts())
         if record:
             console.print(outcome_table(outcomes, {}))
-            show_pictures(console, pictures)
+            picture.show_files(console, "The checks", pictures)
             return 0 if exercise.verdict(lab, record, outcomes, console) else 1
     console.print(outcome_table(outcomes, causes))
     print_failures(console, outcomes, causes)
-    show_pictures(console, pictures)
+    picture.show_files(console, "The checks", pictures)
     return 0 if all(outcome.passed for outcome in outcomes) else 1
 
 

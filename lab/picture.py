@@ -21,6 +21,7 @@ from itertools import pairwise
 from pathlib import Path
 
 import graphviz
+from rich.console import Console
 
 from bootstrap.verify.checks import Check, Endpoint, Outcome, PodInfo
 from bootstrap.verify.diagnose import VpcFacts
@@ -335,3 +336,14 @@ def _dot(source: str, outputs: Sequence[str]) -> None:
                            "scripts/install-deps") from None
     if done.returncode != 0:
         raise PictureError(f"dot failed: {done.stderr.strip().splitlines()[-1:]}")
+
+
+def show_files(console: Console, what: str, files: Sequence[Path]) -> None:
+    """Where the pictures are: each SVG (open it in a browser), and the PNGs beside them."""
+    here = Path.cwd()
+    svgs = [str(file.relative_to(here)) if file.is_relative_to(here) else str(file)
+            for file in files if file.suffix == ".svg"]
+    if svgs:
+        beside = "each" if len(svgs) > 1 else "it"
+        pngs = f" (and a .png beside {beside})" if any(f.suffix == ".png" for f in files) else ""
+        console.print(f"{what}, drawn: {', '.join(svgs)}{pngs}", soft_wrap=True)

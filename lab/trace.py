@@ -458,9 +458,5 @@ def trace(name: str, source: str, target: str, port: int | None, console: Consol
     print_trace(console, check, result)
     console.print(f"[dim]traced in {time.monotonic() - started:.1f} s; every trace rule "
                   "removed[/]")
-    if files:
-        here = Path.cwd()
-        shown = [str(file.relative_to(here)) if file.is_relative_to(here) else str(file)
-                 for file in files]
-        console.print(f"The trace, drawn: {', '.join(shown)}", soft_wrap=True)
+    picture.show_files(console, "The trace", files)
     return 0 if result.arrived else 1

@@ -250,7 +250,7 @@ def test_make_lab_draws_the_checks_or_says_in_one_line_why_not(tmp_path, monkeyp
     monkeypatch.setattr(picture, "OUTPUT_DIR", tmp_path)
     files = cli.draw_checks(lab, "checks", outcomes(lab.layout, set()), {}, VpcFacts())
     assert files[0] == tmp_path / "pic" / "checks.svg" and files[0].exists()
-    cli.show_pictures(lab.console, files)
+    picture.show_files(lab.console, "The checks", files)
     monkeypatch.setenv("PATH", str(tmp_path))
     assert cli.draw_checks(lab, "checks", outcomes(lab.layout, set()), {}, VpcFacts()) == []
     shown = out.getvalue()
