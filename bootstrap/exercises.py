@@ -33,7 +33,7 @@ from bootstrap.node_network import (
     render_state,
 )
 from bootstrap.node_network_apply import state_to_json
-from bootstrap.verify.checks import PodInfo
+from bootstrap.verify.checks import Outcome, PodInfo
 from infra.plan import Node, Plan
 
 Difficulty = Literal["easy", "medium", "hard"]
@@ -204,6 +204,16 @@ def refuse_if_open(record: OpenExercise | None, check: str) -> None:
     if record is not None:
         raise ExerciseError(f"exercise {record.name} is still open on {record.node}: solve it "
                             f"(`{check}` tells), or give up with `make solution` and `make down`")
+
+
+def refuse_unless_passing(where: str, outcomes: Sequence[Outcome], fix: str) -> None:
+    """An exercise starts only where every check passes: a fault the learner did not inject
+    would mislead."""
+    failing = [outcome.check.name for outcome in outcomes if not outcome.passed]
+    if failing:
+        raise ExerciseError(f"the {where}'s checks do not all pass already "
+                            f"({', '.join(failing)}): a fault you did not inject would "
+                            f"mislead; {fix}")
 
 
 def require_open(record: OpenExercise | None, verb: str) -> OpenExercise:

@@ -114,11 +114,8 @@ def start_exercise(stack: Stack, wanted: str | None, node_name: str | None, cons
     ssh = connect(stack.inventory)
     try:
         context = _context(stack, ssh, Path("unused"))
-        failing = [o.check.name for o in check_cluster(context)[0] if not o.passed]
-        if failing:
-            raise ExerciseError(f"the stack's checks do not all pass already "
-                                f"({', '.join(failing)}): a fault you did not inject would "
-                                f"mislead; fix it first (make check STACK={stack.name})")
+        exercises.refuse_unless_passing("stack", check_cluster(context)[0],
+                                        f"fix it first (make check STACK={stack.name})")
         target = Target(stack.plan, stack.plan.node(node))
         ssh.node(node).run(exercise.inject(target), timeout=120, quiet=True)
         exercise_session.save_record(directory, OpenExercise(exercise.name, node))

@@ -155,8 +155,8 @@ def main(argv: list[str]) -> int:
 
 
 def on_stack(args: argparse.Namespace, console: Console) -> int:
-    """check, status, run, ssh and the exercises on a Pulumi stack: no root needed; nothing
-    local changes but the open exercise's record."""
+    """check, status, bootstrap, trace, ssh and the exercises on a Pulumi stack: no root
+    needed; nothing local changes but the open exercise's record."""
     from bootstrap import stack_commands
     from bootstrap.errors import LabError
     from bootstrap.stack import read_stack

@@ -228,11 +228,8 @@ def start(name: str, wanted: str | None, node_name: str | None, console: Console
     with lab.ssh:
         node = _chosen_node(lab, exercise, node_name)
         outcomes, _ = lab.run_checks()
-        failing = [o.check.name for o in outcomes if not o.passed]
-        if failing:
-            raise ExerciseError(f"the lab's checks do not all pass already ({', '.join(failing)}): "
-                                "a fault you did not inject would mislead; fix it or start "
-                                "again after `make down`")
+        exercises.refuse_unless_passing("lab", outcomes,
+                                        "fix it or start again after `make down`")
         inject(lab, exercise, target_for(lab, node))
         exercise_session.save_record(nodes.lab_dir(name), OpenExercise(exercise.name, node))
         outcomes, _ = lab.run_checks()

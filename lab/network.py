@@ -68,8 +68,8 @@ def build(layout: Layout, *, checked: Iterable[LabNode] = ()) -> None:
     _build_router(layout)
     for node in layout.nodes:
         _build_node(layout, node)
-    for node in checked:
-        set_source_dest_check(layout, node, True)
+    for node in checked:  # a new router has no check yet: no need to read its rules first
+        _switch_check(layout, node, True)
     _build_igw(layout)
     _build_internet(layout)
 
@@ -133,8 +133,12 @@ def apply_planned_checks(layout: Layout) -> None:
 def set_source_dest_check(layout: Layout, node: LabNode, enabled: bool) -> None:
     """Turn the check on or off for one node, like `aws ec2 modify-instance-attribute`."""
     if source_dest_checked(layout)[node.name] != enabled:
-        for command in source_dest_check_commands(layout, node, enabled):
-            run(shlex.split(command))
+        _switch_check(layout, node, enabled)
+
+
+def _switch_check(layout: Layout, node: LabNode, enabled: bool) -> None:
+    for command in source_dest_check_commands(layout, node, enabled):
+        run(shlex.split(command))
 
 
 def source_dest_checked(layout: Layout) -> dict[str, bool]:
