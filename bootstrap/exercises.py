@@ -33,7 +33,7 @@ from bootstrap.node_network import (
     render_state,
 )
 from bootstrap.node_network_apply import state_to_json
-from bootstrap.verify.checks import Outcome, PodInfo
+from bootstrap.verify.checks import Outcome, PodInfo, pod_hosts
 from infra.plan import Node, Plan
 
 Difficulty = Literal["easy", "medium", "hard"]
@@ -204,6 +204,18 @@ def refuse_if_open(record: OpenExercise | None, check: str) -> None:
     if record is not None:
         raise ExerciseError(f"exercise {record.name} is still open on {record.node}: solve it "
                             f"(`{check}` tells), or give up with `make solution` and `make down`")
+
+
+def chosen_node(plan: Plan, exercise: Exercise, wanted: str | None) -> str:
+    """The node to break: `wanted`, else the first that runs pods; a pod-level exercise
+    needs a node that runs the test pods."""
+    hosts = pod_hosts(plan)
+    chosen = wanted or hosts[0]
+    allowed = hosts if exercise.where == "pod" else plan.node_names()
+    if chosen not in allowed:
+        raise ExerciseError(f"exercise {exercise.name} runs on a node of {', '.join(allowed)}, "
+                            f"not {chosen!r}: pick one with NODE=")
+    return chosen
 
 
 def refuse_unless_passing(where: str, outcomes: Sequence[Outcome], fix: str) -> None:

@@ -16,7 +16,7 @@ from rich.console import Console
 
 from bootstrap import exercise_session, exercises
 from bootstrap.cni.install import plugin_files
-from bootstrap.exercises import Exercise, ExerciseError, OpenExercise, Target
+from bootstrap.exercises import Exercise, OpenExercise, Target
 from bootstrap.inventory import Inventory
 from bootstrap.kubeadm import KUBECTL, KUBECTL_TIMEOUT
 from bootstrap.phases.cloud import run_cloud_workflow
@@ -107,10 +107,7 @@ def start_exercise(stack: Stack, wanted: str | None, node_name: str | None, cons
     directory = exercise_session.stack_state_dir(stack.name)
     exercises.refuse_if_open(exercise_session.load_record(directory),
                              f"make check STACK={stack.name}")
-    node = node_name or stack.plan.workers[0].name
-    if node not in stack.plan.node_names():
-        raise ExerciseError(f"no node {node!r} in stack {stack.name!r}: pick one of "
-                            f"{', '.join(stack.plan.node_names())} with NODE=")
+    node = exercises.chosen_node(stack.plan, exercise, node_name)
     ssh = connect(stack.inventory)
     try:
         context = _context(stack, ssh, Path("unused"))

@@ -22,13 +22,12 @@ from bootstrap import exercise_session, exercises
 from bootstrap.exercise_session import show_verdict
 from bootstrap.exercises import (
     Exercise,
-    ExerciseError,
     OpenExercise,
     Target,
     file_command,
 )
 from bootstrap.node_network import BOOT_COMMAND, NODE_FILES, cni_conflist
-from bootstrap.verify.checks import WEB_PORT, Outcome, PodInfo, pod_hosts
+from bootstrap.verify.checks import WEB_PORT, Outcome, PodInfo
 from bootstrap.verify.report import outcome_table
 from infra.plan import Node, Plan
 from lab import lifecycle, network, nodes
@@ -220,13 +219,13 @@ def listing(name: str, console: Console, *, on_stack: bool = False) -> int:
 
 def start(name: str, wanted: str | None, node_name: str | None, console: Console) -> int:
     """Build the lab (kept) or reuse a kept one, inject one fault, print the failing table."""
-    choices = catalog(lab_layout(name))  # checked before any build
+    layout = lifecycle.kept_layout(name) or lab_layout(name)  # all checked before any build
+    choices = catalog(layout)
     exercise = exercises.find(choices, wanted) if wanted else random.choice(choices)
     exercises.refuse_if_open(open_exercise(name), CHECK_COMMAND)
+    node = exercises.chosen_node(layout.plan, exercise, node_name)
     lab = _kept_lab(name, console)
-    exercise = exercises.find(catalog(lab.layout), exercise.name)  # for the lab's node count
     with lab.ssh:
-        node = _chosen_node(lab, exercise, node_name)
         outcomes, _ = lab.run_checks()
         exercises.refuse_unless_passing("lab", outcomes,
                                         "fix it or start again after `make down`")
@@ -256,16 +255,6 @@ def _kept_lab(name: str, console: Console) -> LocalLab:
     return lab
 
 
-def _chosen_node(lab: LocalLab, exercise: Exercise, node: str | None) -> str:
-    hosts = pod_hosts(lab.plan)
-    chosen = node or hosts[0]
-    allowed = hosts if exercise.where == "pod" else lab.plan.node_names()
-    if chosen not in allowed:
-        raise ExerciseError(f"exercise {exercise.name} runs on a node of {', '.join(allowed)}, "
-                            f"not {chosen!r}: pick one with NODE=")
-    return chosen
-
-
 def inject(lab: LocalLab, exercise: Exercise, target: Target) -> None:
     run_shell(lab, exercise, target, exercise.inject(target))
 
@@ -282,18 +271,9 @@ def run_shell(lab: LocalLab, exercise: Exercise, target: Target, command: str) -
 
 def refresh_pods(lab: LocalLab) -> None:
     """Read each pod's address again (a pod restarted by hand may have a new one)."""
-    def read(node_name: str) -> dict[str, str]:
-        names = " ".join(pod.name for pod in lab.pods if pod.node == node_name)
-        listing = lab.ssh.node(node_name).run(
-            f"for pod in {names}; do echo \"$pod $(ip -n $pod -4 -o addr show dev eth0 "
-            "2>/dev/null | awk '{print $4}')\"; done", timeout=30, quiet=True).output
-        return {words[0]: words[1].split("/")[0] for words in map(str.split, listing.splitlines())
-                if len(words) == 2}
-
-    found: dict[str, str] = {}
-    for node_name in dict.fromkeys(pod.node for pod in lab.pods):
-        found.update(read(node_name))
-    lab.pods = [replace(pod, ip=found.get(pod.name, pod.ip)) for pod in lab.pods]
+    on_nodes = lab.pods_by_node()
+    lab.pods = [replace(pod, ip=on_nodes[pod.node][pod.name].ip)
+                if pod.name in on_nodes[pod.node] else pod for pod in lab.pods]
     lab.save()
 
 

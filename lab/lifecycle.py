@@ -128,6 +128,11 @@ class LocalLab:
         listed = json.loads(self._runtime(node, "list").splitlines()[-1])
         return {pod["name"]: PodOnNode(pod["ip"], pod["running"]) for pod in listed}
 
+    def pods_by_node(self) -> dict[str, dict[str, PodOnNode]]:
+        """`pods_on_node` on every node that runs a recorded pod, at once."""
+        hosts = list(dict.fromkeys(pod.node for pod in self.pods))
+        return self.ssh.on_all(lambda node: self.pods_on_node(node.name), hosts)
+
     def _runtime(self, node: str, arguments: str) -> str:
         result = self.ssh.node(node).run(f"{RUNTIME} {arguments}", timeout=60, check=False,
                                          quiet=True)
@@ -271,6 +276,15 @@ def _connect(layout: Layout, host_keys: dict[str, str], private_key: str, user: 
     ssh = ClusterSSH(inventory, policy=policy, client_factory=internet_client_factory(layout),
                      on_line=None)
     return LocalLab(layout, inventory, ssh, console)
+
+
+def kept_layout(name: str) -> Layout | None:
+    """The layout of a lab kept up under this name, or None when there is none."""
+    try:
+        state = json.loads((nodes.lab_dir(name) / STATE_FILE).read_text())
+    except FileNotFoundError:
+        return None
+    return lab_layout(name, state["nodeCount"])
 
 
 def attach(name: str, console: Console, *, deadline: float = 10.0) -> LocalLab:

@@ -88,9 +88,8 @@ def recorded_pod(pods: Sequence[PodInfo], name: str, lab: str) -> PodInfo:
 def show(name: str, console: Console) -> int:
     """`pods`: exit 0 only if every recorded pod runs."""
     lab = lifecycle.attach(name, console)
-    hosts = list(dict.fromkeys(pod.node for pod in lab.pods))
     with lab.ssh:
-        on_nodes = lab.ssh.on_all(lambda node: lab.pods_on_node(node.name), hosts)
+        on_nodes = lab.pods_by_node()
     console.print(pod_table(lab.pods, on_nodes))
     running = [pod_state(on_nodes[pod.node].get(pod.name)) == RUNNING for pod in lab.pods]
     return 0 if all(running) else 1

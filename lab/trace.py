@@ -24,13 +24,13 @@ from bootstrap.verify.checks import (
     WEB_PORT,
     Check,
     Endpoint,
-    Outcome,
     PodInfo,
     ProbeResult,
+    find_check,
     lab_checks,
     probe,
 )
-from bootstrap.verify.diagnose import failure_causes
+from bootstrap.verify.diagnose import VpcFacts, cause_of
 from bootstrap.verify.facts import read_node_facts
 from bootstrap.verify.trace import (
     Flow,
@@ -104,9 +104,9 @@ def trace_check(checks: Sequence[Check], source: Endpoint, target: Endpoint,
     """The check of `make lab` between these endpoints, if there is one (so the probe is
     sent as it sends it); else the same kind of probe: HTTP to a pod's web server or to the
     internet's, or to `port`; a ping to anything else."""
-    for check in checks:
-        if check.source == source and check.target == target and port in (None, check.port):
-            return check
+    found = find_check(checks, source, target, port)
+    if found:
+        return found
     if port is None and target.kind in ("pod", "internet"):
         port = WEB_PORT if target.kind == "pod" else INTERNET_ECHO_PORT
     name = f"{source.name} to {target.name}"
@@ -220,7 +220,7 @@ def counted_probe(lab: LocalLab, check: Check, why: str) -> TraceResult:
     counted = {place: rules for place in before
                if (rules := counted_rules(before[place], after[place]))}
     stop = None if result.reached else (_source_stop(lab, check)
-                                        or _diagnosed(lab, check, result))
+                                        or _diagnosed(lab, check, result, lab.vpc_facts()))
     note = f"no kernel trace ({why}): the rules whose counters rose during the probe, " \
            "read on a quiet lab; they say neither the order nor which packet"
     return TraceResult([], result.reached, stop, [note], counted)
@@ -265,12 +265,14 @@ def explain(lab: LocalLab, check: Check, result: ProbeResult,
         return TraceResult(list(hops), True, notes=[
             f"it arrived, but {check.target.name} saw {result.seen}, not {check.expect_seen} "
             f"({check.seen_means}): look for a NAT above"] if wrong else [])
-    stop = _first_stop(lab, check, result, hops)
+    vpc = lab.vpc_facts()
+    stop = _first_stop(lab, check, result, hops, vpc)
     if stop is None and hops:
-        last = [hop for hop in hops if hop.direction == hops[-1].direction][-1]
-        stop = _answered(lab, check, result, last) or _vanished(lab, check, result, last)
+        last = hops[-1]
+        stop = _answered(lab, check, result, last, vpc) or \
+            _vanished(lab, check, result, last, vpc)
     if stop is None:
-        stop = _source_stop(lab, check) or _diagnosed(lab, check, result)
+        stop = _source_stop(lab, check) or _diagnosed(lab, check, result, vpc)
     return TraceResult(list(hops), False, stop)
 
 
@@ -285,8 +287,8 @@ def pod_cidr_owner(plan: Plan, address: str) -> str:
 
 
 def _first_stop(lab: LocalLab, check: Check, result: ProbeResult,
-                hops: Sequence[Hop]) -> Stop | None:
-    routed = lab.vpc_facts().routed
+                hops: Sequence[Hop], vpc: VpcFacts) -> Stop | None:
+    routed = vpc.routed
     owners = port_owners(lab.layout)
     for hop in hops:
         destination = hop.after[1]
@@ -296,7 +298,7 @@ def _first_stop(lab: LocalLab, check: Check, result: ProbeResult,
                         f"{pods_node}'s pod CIDR to it")
         if hop.place == ROUTER and not pods_node and \
                 ipaddress.ip_address(destination) in lab.plan.pod_network:
-            diagnosed = _diagnosed(lab, check, result).reason
+            diagnosed = _diagnosed(lab, check, result, vpc).reason
             return Stop(ROUTER, hop.direction, f"no route: {destination} is in no node's pod "
                         f"CIDR, so the VPC route table has none for it; {diagnosed}")
         verdict = hop.dropped
@@ -311,28 +313,29 @@ def _first_stop(lab: LocalLab, check: Check, result: ProbeResult,
     return None
 
 
-def _answered(lab: LocalLab, check: Check, result: ProbeResult, hop: Hop) -> Stop | None:
+def _answered(lab: LocalLab, check: Check, result: ProbeResult, hop: Hop,
+              vpc: VpcFacts) -> Stop | None:
     """The first answer came back to the source's node: the first packets passed every hop
     both ways, and what failed came after them (a large answer, say), which the trace does
     not follow; the checks' diagnosis says why, labelled as not traced."""
     if hop.direction != "answer" or hop.place != place_of(check.source):
         return None
-    diagnosed = _diagnosed(lab, check, result)
+    diagnosed = _diagnosed(lab, check, result, vpc)
     return replace(diagnosed, place=hop.place, direction="answer",
                    reason=f"its first packets passed every hop both ways; then: "
                           f"{diagnosed.reason}")
 
 
-def _vanished(lab: LocalLab, check: Check, result: ProbeResult, hop: Hop) -> Stop:
-    local = hop.place == place_of(check.target if hop.direction == "request" else check.source)
-    if local and hop.direction == "request":
+def _vanished(lab: LocalLab, check: Check, result: ProbeResult, hop: Hop,
+              vpc: VpcFacts) -> Stop:
+    if hop.direction == "request" and hop.place == place_of(check.target):
         return Stop(hop.place, hop.direction, f"reached {hop.place}, but {check.target.name} "
                     "did not answer")
-    route = route_used(lab.layout, hop)
-    reason = vanished_reason(hop, route, forwarding(lab.layout, hop.place), local)
+    route = hop.route  # `ip route get` there, read when the hops were assembled
+    reason = vanished_reason(hop, route, forwarding(lab.layout, hop.place))
     if reason:
         return Stop(hop.place, hop.direction, reason)
-    diagnosed = _diagnosed(lab, check, result)
+    diagnosed = _diagnosed(lab, check, result, vpc)
     return replace(diagnosed, place=hop.place, direction=hop.direction,
                    reason=f"last seen on {hop.place} ({route_summary(route)}); "
                           f"{diagnosed.reason}")
@@ -355,11 +358,9 @@ def _source_stop(lab: LocalLab, check: Check) -> Stop | None:
     return None
 
 
-def _diagnosed(lab: LocalLab, check: Check, result: ProbeResult) -> Stop:
-    outcome = Outcome(check, result, 0.0)
-    causes = failure_causes([outcome], lambda: read_node_facts(lab.ssh, lab.plan),
-                            lab.vpc_facts())
-    return Stop(place_of(check.source), "request", causes.get(check.name, ""), traced=False)
+def _diagnosed(lab: LocalLab, check: Check, result: ProbeResult, vpc: VpcFacts) -> Stop:
+    cause = cause_of(check, result, lambda: read_node_facts(lab.ssh, lab.plan), vpc)
+    return Stop(place_of(check.source), "request", cause, traced=False)
 
 
 # -- showing it ---------------------------------------------------------------------------------

@@ -102,6 +102,13 @@ WEB_PORT = 8080  # where the web pods' echo server listens
 ECHO_CLIENT_ARGV = ("/usr/bin/python3", "-IS", ECHO_CLIENT)
 
 
+def find_check(checks: Sequence[Check], source: Endpoint, target: Endpoint,
+               port: int | None) -> Check | None:
+    """The check between these endpoints (on `port`, if given), if there is one."""
+    return next((check for check in checks if check.source == source and
+                 check.target == target and port in (None, check.port)), None)
+
+
 def probe(prober: Prober, check: Check) -> ProbeResult:
     if check.method == "dns":
         code, output = prober.run(check.source, ["nslookup", "-type=a", check.target.name,

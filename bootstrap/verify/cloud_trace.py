@@ -11,8 +11,8 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Mapping, Sequence
 
-from bootstrap.verify.checks import WEB_PORT, Check, Endpoint, Outcome, PodInfo, ProbeResult
-from bootstrap.verify.diagnose import NodeFacts, VpcFacts, failure_causes
+from bootstrap.verify.checks import WEB_PORT, Check, Endpoint, PodInfo, ProbeResult, find_check
+from bootstrap.verify.diagnose import NodeFacts, VpcFacts, cause_of
 from bootstrap.verify.trace import Flow, Hop, Stop, TraceError, TraceResult, drop_reason
 from infra.plan import Plan
 
@@ -42,10 +42,8 @@ def pod_check(checks: Sequence[Check], source: Endpoint, target: Endpoint,
               port: int | None) -> Check:
     """The stack's check between the two pods, if there is one; else HTTP to the target's
     web server (or to `port`)."""
-    for check in checks:
-        if check.source == source and check.target == target and port in (None, check.port):
-            return check
-    return Check(f"{source.name} to {target.name}", source, target, "http", port or WEB_PORT)
+    return find_check(checks, source, target, port) or \
+        Check(f"{source.name} to {target.name}", source, target, "http", port or WEB_PORT)
 
 
 def pod_flow(plan: Plan, check: Check) -> Flow:
@@ -90,7 +88,7 @@ def explain(plan: Plan, check: Check, result: ProbeResult, hops: Sequence[Hop],
             reason = drop_reason(hop, hop.dropped, {}, str(plan.pod_network))
             return TraceResult(list(hops), False, Stop(hop.place, hop.direction, reason),
                                [note])
-    cause = failure_causes([Outcome(check, result, 0.0)], read_facts, VpcFacts())[check.name]
+    cause = cause_of(check, result, read_facts, VpcFacts())
     last = hops[-1] if hops else None
     place = last.place if last else check.source.node or ""
     seen = f"last seen on {place}; " if last else "seen on no node; "

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from bootstrap.node_network import BRIDGE, NODE_FILES
-from bootstrap.verify.checks import Check, Outcome
+from bootstrap.verify.checks import Check, Outcome, ProbeResult
 
 FACTS_SECTION = "#--"
 # One round trip per node: the forwarding sysctl, the filter and nat tables, the links
@@ -145,6 +145,13 @@ def failure_causes(outcomes: Sequence[Outcome], read_facts: Callable[[], Mapping
         return {}
     facts = read_facts()
     return {outcome.check.name: likely_cause(outcome, facts, vpc) for outcome in failed}
+
+
+def cause_of(check: Check, result: ProbeResult,
+             read_facts: Callable[[], Mapping[str, NodeFacts]], vpc: VpcFacts) -> str:
+    """The likely cause of one failed probe ("" if it did not fail)."""
+    outcome = Outcome(check, result, 0.0)
+    return failure_causes([outcome], read_facts, vpc).get(check.name, "")
 
 
 def likely_cause(outcome: Outcome, facts: Mapping[str, NodeFacts], vpc: VpcFacts) -> str:

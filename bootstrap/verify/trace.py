@@ -406,14 +406,12 @@ def drop_reason(hop: Hop, verdict: Verdict, port_owners: Mapping[str, str],
     return f"dropped on {hop.place} by the rule {verdict.rule} ({verdict.table} table)"
 
 
-def vanished_reason(hop: Hop, route: str, forwarding: bool | None, local: bool) -> str:
+def vanished_reason(hop: Hop, route: str, forwarding: bool | None) -> str:
     """A packet seen arriving at `hop` and nowhere after it, with no rule that dropped it:
     `route` is `ip route get` for it there (its error, if it failed), `forwarding` the
-    namespace's net.ipv4.ip_forward, `local` whether the packet was for this namespace.
-    "" when none of these explains it."""
-    if hop.outbound or local:
-        where = f" through {hop.outbound}" if hop.outbound else ""
-        return f"left {hop.place}{where} and was not seen again"
+    namespace's net.ipv4.ip_forward. "" when none of these explains it."""
+    if hop.outbound:
+        return f"left {hop.place} through {hop.outbound} and was not seen again"
     if forwarding is False:
         return f"forwarding off on {hop.place} (net.ipv4.ip_forward=0)"
     if "cross-device" in route:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import shlex
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from rich.console import Console
 from bootstrap import stack_commands
 from bootstrap.verify import cloud_trace
 from bootstrap.verify.checks import PodInfo
-from bootstrap.verify.trace import TraceError
+from bootstrap.verify.trace import Flow, TraceError
 from tests.bootstrap.cloud_replies import ACROSS, PODS
 from tests.bootstrap.fakes import FakeCluster, Reply
 from tests.bootstrap.test_stack_commands import (
@@ -56,6 +57,13 @@ def test_a_stack_trace_lists_both_nodes_and_the_vpc_between_them_as_inferred() -
         commands = cluster.node(name).commands
         assert any("setsid" in command for command in commands)
         assert any("kill -TERM" in command for command in commands)
+    # Each agent is given the probe's own flow: its target, port and both sources (the pod's
+    # address, and the node's where a rule would masquerade it).
+    flow = Flow("tcp", ("10.244.2.2",), 8080, ("10.244.1.3", "10.0.1.11"))
+    spec = shlex.quote(json.dumps(flow.agent_spec(bridge=False)))
+    for name in ("worker-1", "worker-2"):
+        assert any(spec in command for command in cluster.node(name).commands
+                   if "setsid" in command)
 
 
 def test_a_stack_without_the_routes_output_is_traced_with_the_plans_routes_and_says_so(

@@ -11,7 +11,8 @@ import pytest
 
 from bootstrap import exercises
 from bootstrap.exercises import Exercise, Target
-from bootstrap.node_network import NODE_FILES, POD_MTU
+from bootstrap.node_network import POD_MTU
+from bootstrap.verify.facts import read_persisted_state
 from lab import exercise as lab_exercise
 from lab import lifecycle, network, nodes
 from lab.layout import lab_layout
@@ -33,7 +34,7 @@ def mend(lab: lifecycle.LocalLab) -> None:
     for node in lab.plan.workers:
         lab.ssh.node(node.name).run(f"ip link set dev eth0 mtu {POD_MTU}", timeout=30)
     for pod in lab.pods:
-        lab.ssh.node(pod.node).run(f"{lifecycle.RUNTIME} stop {pod.name}", timeout=60)
+        lab.stop_pod(pod)
     lab.start_pods()
 
 
@@ -43,12 +44,8 @@ def failing(lab: lifecycle.LocalLab) -> tuple[list[str], dict[str, str]]:
 
 
 def persistence(lab: lifecycle.LocalLab, node: str) -> list[str]:
-    remote = lab.ssh.node(node)
-    state, conflist = (remote.read_file(path) for path in (NODE_FILES.state,
-                                                             NODE_FILES.conflist))
     return exercises.persistence_problems(lab.plan, lab.plan.node(node),
-                                          state and state[0].decode(),
-                                          conflist and conflist[0].decode())
+                                          *read_persisted_state(lab.ssh.node(node)))
 
 
 @pytest.mark.parametrize("exercise", CATALOG, ids=[e.name for e in CATALOG])

@@ -223,7 +223,8 @@ def test_the_pictures_of_the_story_are_named_after_its_stages():
     slugs = [Stage(title, [], {}, VpcFacts()).slug for title in
              ["1 bridge only", "2 +FORWARD", "3 +NAT", "4 +routes", "5 -src/dst check"]]
     assert slugs == ["1-bridge-only", "2-forward", "3-nat", "4-routes", "5-src-dst-check"]
-    assert all(re.fullmatch(r"[a-z0-9-]+", slug) for slug in slugs)
+    odd = Stage("6 Übung: NAT & src/dst?", [], {}, VpcFacts()).slug  # a file name, whatever
+    assert re.fullmatch(r"[a-z0-9-]+", odd), odd
 
 
 def test_pictures_go_to_the_checkouts_out_directory_per_lab():

@@ -148,8 +148,9 @@ def test_the_runtime_lists_a_pod_as_running_only_while_its_process_is_in_its_net
     assert not pod_runtime.is_running({**here, "netns": "/proc/self/ns/mnt"})  # another ns
     assert not pod_runtime.is_running({**here, "netns": str(runtime_state / "no-netns")})
     assert not pod_runtime.is_running({**here, "pid": 2 ** 22 + 1})  # above pid_max: no pid
-    for name, pod in (("b", here), ("a", {**here, "pid": 2 ** 22 + 1})):
+    for name, ip, pod in (("b", "10.244.1.2", here), ("a", "10.244.1.1",
+                                                     {**here, "pid": 2 ** 22 + 1})):
         (runtime_state / f"{name}.json").write_text(json.dumps({**pod, "name": name,
-                                                                "ip": f"10.244.1.{len(name)}"}))
+                                                                "ip": ip}))
     assert pod_runtime.list_pods() == [{"name": "a", "ip": "10.244.1.1", "running": False},
-                                       {"name": "b", "ip": "10.244.1.1", "running": True}]
+                                       {"name": "b", "ip": "10.244.1.2", "running": True}]

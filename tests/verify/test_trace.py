@@ -172,15 +172,15 @@ def test_an_answer_dropped_by_forwards_policy_is_one_way_forwarding() -> None:
 ])
 def test_a_packet_that_vanished_unrouted_says_why(route: str, forwarding: bool,
                                                   expected: str) -> None:
-    assert vanished_reason(hop(), route, forwarding, local=False).startswith(expected)
+    assert vanished_reason(hop(), route, forwarding).startswith(expected)
 
 
 def test_a_packet_routed_and_forwarded_and_still_gone_has_no_traced_reason() -> None:
-    assert vanished_reason(hop(), "10.244.2.2 via 10.0.1.1 dev eth0", True, local=False) == ""
+    assert vanished_reason(hop(), "10.244.2.2 via 10.0.1.1 dev eth0", True) == ""
 
 
 def test_a_packet_that_left_and_was_not_seen_again_says_through_where() -> None:
-    assert vanished_reason(hop(outbound="eth0"), "", True, local=False) == \
+    assert vanished_reason(hop(outbound="eth0"), "", True) == \
         "left worker-1 through eth0 and was not seen again"
 
 
