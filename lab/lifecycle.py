@@ -24,6 +24,7 @@ from bootstrap.verify.checks import (
     ECHO_SERVER,
     IMAGE_DIR,
     WEB_PORT,
+    Check,
     Endpoint,
     Outcome,
     PodInfo,
@@ -152,10 +153,7 @@ class LocalLab:
                                for pod in missing)
             raise LabError(f"the checks need the seed lab's pod(s) "
                            f"{', '.join(pod.name for pod in missing)}: start them with {starts}")
-        public_ips = {node.name: str(node.public_ip) for node in self.layout.nodes}
-        internet = Endpoint("internet", "internet", str(INTERNET_HOST.ip))
-        checks = lab_checks(self.plan, public_ips, self.pods, internet, INTERNET_ECHO_PORT)
-        outcomes = run_checks(LabProber(self), checks)
+        outcomes = run_checks(LabProber(self), seed_checks(self.layout, self.pods))
         return outcomes, failure_causes(outcomes, lambda: read_node_facts(self.ssh, self.plan),
                                         self.vpc_facts())
 
@@ -168,6 +166,16 @@ class LocalLab:
         routed = {node.name: next_hops.get(str(node.pod_cidr)) == str(node.private_ip)
                   for node in self.plan.nodes}
         return VpcFacts(routed, network.source_dest_checked(self.layout), next_hops)
+
+
+# The simulated internet's host, as the checks (and a trace) name it.
+INTERNET = Endpoint("internet", "internet", str(INTERNET_HOST.ip))
+
+
+def seed_checks(layout: Layout, pods: Sequence[PodInfo]) -> list[Check]:
+    """The seed lab's checks on this lab: what `make lab` and `make check` run."""
+    public_ips = {node.name: str(node.public_ip) for node in layout.nodes}
+    return lab_checks(layout.plan, public_ips, pods, INTERNET, INTERNET_ECHO_PORT)
 
 
 def missing_seed_pods(plan: Plan, pods: Sequence[PodInfo]) -> list[SeedPod]:

@@ -27,10 +27,15 @@ from bootstrap.verify.checks import (
     PodInfo,
     ProbeResult,
     find_check,
-    lab_checks,
     probe,
 )
-from bootstrap.verify.diagnose import VpcFacts, cause_of
+from bootstrap.verify.diagnose import (
+    VpcFacts,
+    cause_of,
+    no_default_route,
+    no_nat,
+    no_pod_route,
+)
 from bootstrap.verify.facts import read_node_facts
 from bootstrap.verify.trace import (
     Flow,
@@ -52,7 +57,7 @@ from bootstrap.verify.trace import (
 from bootstrap.verify.trace_report import print_trace
 from infra.plan import Plan
 from lab import lifecycle, picture
-from lab.layout import INTERNET_ECHO_PORT, INTERNET_HOST, Layout
+from lab.layout import INTERNET_ECHO_PORT, Layout
 from lab.lifecycle import LabProber, LocalLab
 
 AGENT = Path(trace_agent.__file__)
@@ -66,8 +71,8 @@ def endpoints(layout: Layout, pods: Sequence[PodInfo]) -> dict[str, Endpoint]:
     """Every endpoint a trace may name, by name and by address: pods, nodes (private and
     public address), each node's cni0 (the pods' gateway), the internet host."""
     found: dict[str, Endpoint] = {}
-    internet = Endpoint("internet", INTERNET, str(INTERNET_HOST.ip))
-    found.update({INTERNET: internet, internet.ip: internet})
+    internet = lifecycle.INTERNET
+    found.update({internet.name: internet, internet.ip: internet})
     for node in layout.nodes:
         planned = node.planned
         own = Endpoint("node", node.name, str(planned.private_ip), node.name)
@@ -294,8 +299,7 @@ def _first_stop(lab: LocalLab, check: Check, result: ProbeResult,
         destination = hop.after[1]
         pods_node = pod_cidr_owner(lab.plan, destination)
         if hop.place == ROUTER and pods_node and not routed.get(pods_node, True):
-            return Stop(ROUTER, hop.direction, f"no route: the VPC route table does not send "
-                        f"{pods_node}'s pod CIDR to it")
+            return Stop(ROUTER, hop.direction, no_pod_route(pods_node))
         if hop.place == ROUTER and not pods_node and \
                 ipaddress.ip_address(destination) in lab.plan.pod_network:
             diagnosed = _diagnosed(lab, check, result, vpc).reason
@@ -306,8 +310,7 @@ def _first_stop(lab: LocalLab, check: Check, result: ProbeResult,
             continue
         sender = pod_cidr_owner(lab.plan, hop.before[0])
         if hop.place == IGW and sender:
-            return Stop(IGW, hop.direction,
-                        f"no NAT on {sender}: the internet gateway drops pod addresses")
+            return Stop(IGW, hop.direction, no_nat(sender))
         return Stop(hop.place, hop.direction,
                     drop_reason(hop, verdict, owners, str(lab.plan.pod_network)))
     return None
@@ -348,8 +351,7 @@ def _source_stop(lab: LocalLab, check: Check) -> Stop | None:
     if source.kind == "pod":
         code, _output = LabProber(lab).run(source, shlex.split(command))
         if code != 0:
-            return Stop(place, "request", f"{source.name} on {source.node} has no default "
-                        "route: it reaches nothing beyond its own subnet")
+            return Stop(place, "request", no_default_route(source.name, source.node or ""))
         return None
     done = subprocess.run(["ip", "-n", _namespace_of(lab.layout, place), *command.split()[1:]],
                           capture_output=True, text=True, check=False)
@@ -422,10 +424,7 @@ def run_trace(lab: LocalLab, source_text: str, target_text: str,
                             and source.kind == target.kind == "node"):
         raise TraceError(f"{source_text} and {target_text} are the same endpoint: trace "
                          "between two different ones")
-    public_ips = {node.name: str(node.public_ip) for node in lab.layout.nodes}
-    internet = endpoints(lab.layout, lab.pods)[INTERNET]
-    check = trace_check(lab_checks(lab.plan, public_ips, lab.pods, internet,
-                                   INTERNET_ECHO_PORT), source, target, port)
+    check = trace_check(lifecycle.seed_checks(lab.layout, lab.pods), source, target, port)
     return check, trace_probe(lab, check)
 
 

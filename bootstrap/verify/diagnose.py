@@ -125,6 +125,37 @@ def _matches_source(rule: str, pod_cidr: str) -> bool:
         return False
 
 
+# The causes' words, shared by the diagnosis and the packet trace (bootstrap/verify/trace.py).
+def forwarding_off(node: str) -> str:
+    return f"forwarding off on {node} (net.ipv4.ip_forward=0)"
+
+
+def forward_dropped(node: str, policy: str, accepted: str = "the pod network") -> str:
+    return f"FORWARD dropped on {node}: policy {policy} and no rule accepts {accepted}"
+
+
+def forward_one_way(node: str, way: str) -> str:
+    return f"FORWARD on {node} accepts pod traffic one way only ({way}): the answers " \
+           "coming back are dropped"
+
+
+def no_pod_route(node: str) -> str:
+    return f"no route: the VPC route table does not send {node}'s pod CIDR to it"
+
+
+def source_dest_checked(node: str) -> str:
+    return f"source/destination check on {node}: the VPC drops what it sends or receives " \
+           "for an address not its own (its pods')"
+
+
+def no_nat(node: str) -> str:
+    return f"no NAT on {node}: the internet gateway drops pod addresses"
+
+
+def no_default_route(pod: str, node: str) -> str:
+    return f"{pod} on {node} has no default route: it reaches nothing beyond its own subnet"
+
+
 @dataclass(frozen=True)
 class VpcFacts:
     """What the VPC does for each node, where it can be read (the lab's router). A node
@@ -168,17 +199,15 @@ def likely_cause(outcome: Outcome, facts: Mapping[str, NodeFacts], vpc: VpcFacts
     for node in nodes:
         if node in facts and not facts[node].forwarding and _forwards(check, node) \
                 and not _bridged(check):
-            return f"forwarding off on {node} (net.ipv4.ip_forward=0)"
+            return forwarding_off(node)
     for node in nodes:
         node_facts = facts.get(node)
         if node_facts and node_facts.forward_policy != "ACCEPT" and \
                 not node_facts.forward_accepts_pods and _forwards(check, node):
-            return f"FORWARD dropped on {node}: policy {node_facts.forward_policy} and no " \
-                   "rule accepts the pod network"
+            return forward_dropped(node, node_facts.forward_policy)
         if node_facts and node_facts.forward_policy != "ACCEPT" and \
                 node_facts.forward_one_way and _forwards(check, node):
-            return f"FORWARD on {node} accepts pod traffic one way only " \
-                   f"({node_facts.forward_one_way}): the answers coming back are dropped"
+            return forward_one_way(node, node_facts.forward_one_way)
     for node in nodes:
         node_facts = facts.get(node)
         if node_facts and node_facts.uplink_mtu and node_facts.bridge_mtu and \
@@ -189,18 +218,17 @@ def likely_cause(outcome: Outcome, facts: Mapping[str, NodeFacts], vpc: VpcFacts
     target_node = check.target.node or ""
     crosses_vpc = check.target.kind == "pod" and target_node != check.source.node
     if crosses_vpc and not vpc.routed.get(target_node, True):
-        return f"no route: the VPC route table does not send {target_node}'s pod CIDR to it"
+        return no_pod_route(target_node)
     checked = [node for node in _pod_address_nodes(check) if vpc.source_dest_check.get(node)]
     if crosses_vpc and checked:
-        return f"source/destination check on {checked[0]}: the VPC drops what it sends or " \
-               "receives for an address not its own (its pods'); turn it off"
+        return f"{source_dest_checked(checked[0])}; turn it off"
     if crosses_vpc and target_node not in vpc.routed:
         return f"{outcome.result.detail or 'no answer'}; the nodes' rules look right: check " \
                f"the VPC route for {target_node}'s pod CIDR and that source/destination " \
                "checking is off on both instances (not visible from the nodes)"
     source_facts = facts.get(check.source.node or "")
     if check.target.kind == "internet" and source_facts and not source_facts.masquerades_outbound:
-        return f"no NAT on {check.source.node}: the internet gateway drops pod addresses"
+        return no_nat(check.source.node or "")
     if check.target.kind == "service":
         return f"{outcome.result.detail or 'no answer'}; the nodes' rules look right: check " \
                "kube-proxy (`iptables-save -t nat | grep KUBE-SVC` on a node) and CoreDNS " \
@@ -226,8 +254,7 @@ def _pod_side_cause(check: Check, facts: Mapping[str, NodeFacts]) -> str:
         if end.kind != "pod" or node_facts is None:
             continue
         if end.name in node_facts.pods_without_default_route and not local:
-            return f"{end.name} on {end.node} has no default route: it reaches nothing " \
-                   "beyond its own subnet"
+            return no_default_route(end.name, end.node or "")
         if node_facts.bridge_up is False:
             return f"the bridge {BRIDGE} is down on {end.node}"
         if node_facts.bridge_missing_gateway and not _bridged(check):

@@ -17,6 +17,12 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from bootstrap.errors import LabError
+from bootstrap.verify.diagnose import (
+    forward_dropped,
+    forward_one_way,
+    forwarding_off,
+    source_dest_checked,
+)
 from bootstrap.verify.trace_agent import OUTPUT_MARK, UNTRACEABLE
 
 Direction = Literal["request", "answer"]
@@ -388,19 +394,16 @@ def drop_reason(hop: Hop, verdict: Verdict, port_owners: Mapping[str, str],
         inbound, outbound = hop.bridge_ports
         owner = port_owners.get(outbound if verdict.chain == "POSTROUTING" else inbound, "")
         if owner:
-            return f"source/destination check on {owner}: the VPC drops what it sends or " \
-                   "receives for an address not its own (its pods')"
+            return source_dest_checked(owner)
         return f"dropped by the bridge's {verdict.table} {verdict.chain} rule " \
                f"{verdict.handle} on {hop.place}"
     if verdict.kind != "rule" and verdict.chain == "FORWARD":
         if hop.direction == "answer":
-            return f"FORWARD on {hop.place} accepts pod traffic one way only (from pods): " \
-                   "the answers coming back are dropped"
+            return forward_one_way(hop.place, "from pods")
         accepted = "the pod network" if any(
             ipaddress.ip_address(address) in ipaddress.ip_network(pod_network)
             for address in hop.before) else "the packet"
-        return f"FORWARD dropped on {hop.place}: policy {verdict.verdict} and no rule " \
-               f"accepts {accepted}"
+        return forward_dropped(hop.place, verdict.verdict, accepted)
     if verdict.kind != "rule":
         return f"{verdict.chain} dropped on {hop.place}: policy {verdict.verdict}"
     return f"dropped on {hop.place} by the rule {verdict.rule} ({verdict.table} table)"
@@ -413,7 +416,7 @@ def vanished_reason(hop: Hop, route: str, forwarding: bool | None) -> str:
     if hop.outbound:
         return f"left {hop.place} through {hop.outbound} and was not seen again"
     if forwarding is False:
-        return f"forwarding off on {hop.place} (net.ipv4.ip_forward=0)"
+        return forwarding_off(hop.place)
     if "cross-device" in route:
         return f"the reverse-path filter on {hop.place} dropped it (rp_filter): no route " \
                f"back to {hop.before[0]} through {hop.inbound}"

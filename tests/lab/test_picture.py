@@ -14,12 +14,12 @@ from typing import cast
 import pytest
 from rich.console import Console
 
-from bootstrap.verify.checks import Check, Endpoint, Outcome, PodInfo, ProbeResult, lab_checks
+from bootstrap.verify.checks import Check, Endpoint, Outcome, PodInfo, ProbeResult
 from bootstrap.verify.diagnose import VpcFacts
 from infra.plan import Settings, make_plan
 from lab import cli, picture
-from lab.layout import INTERNET_ECHO_PORT, INTERNET_HOST, Layout, make_layout
-from lab.lifecycle import LocalLab
+from lab.layout import Layout, make_layout
+from lab.lifecycle import LocalLab, seed_checks
 from lab.picture import DrawnPath
 from lab.story import Stage
 
@@ -34,17 +34,11 @@ def layout(nodes: int = 3) -> Layout:
     return make_layout(make_plan(Settings(node_count=nodes)), "pic")
 
 
-def checks(lab: Layout, pods: list[PodInfo]):
-    public = {node.name: str(node.public_ip) for node in lab.nodes}
-    internet = Endpoint("internet", "internet", str(INTERNET_HOST.ip))
-    return lab_checks(lab.plan, public, pods, internet, INTERNET_ECHO_PORT)
-
-
 def outcomes(lab: Layout, failing: set[str]) -> list[Outcome]:
     """Every check as expected but those named in `failing`."""
     return [Outcome(check, ProbeResult(check.expect_reach != (check.name in failing),
                                        check.expect_seen), 0.1)
-            for check in checks(lab, PODS)]
+            for check in seed_checks(lab, PODS)]
 
 
 def test_every_box_has_an_id_left_to_right():
@@ -56,7 +50,7 @@ def test_every_box_has_an_id_left_to_right():
 
 def test_each_check_of_the_lab_passes_the_hops_of_the_topology():
     lab = layout()
-    paths = {check.name: picture.check_path(lab, PODS, check) for check in checks(lab, PODS)}
+    paths = {check.name: picture.check_path(lab, PODS, check) for check in seed_checks(lab, PODS)}
     across = ("pod:bash-worker-1", "bridge:worker-1", "node:worker-1", "router",
               "node:worker-2", "bridge:worker-2", "pod:nginx-worker-2")
     assert paths == {
@@ -82,7 +76,7 @@ def test_on_two_nodes_the_control_plane_runs_pods_and_a_node_reaches_its_own_pod
             PodInfo("bash-worker-1", "worker-1", "10.244.1.3", "tools"),
             PodInfo("nginx-master", "master", "10.244.0.2", "web"),
             PodInfo("bash-master", "master", "10.244.0.3", "tools")]
-    node_to_pod = next(c for c in checks(lab, pods) if c.name == "node to pod")
+    node_to_pod = next(c for c in seed_checks(lab, pods) if c.name == "node to pod")
     assert picture.check_path(lab, pods, node_to_pod) == (
         "node:worker-1", "router", "node:master", "bridge:master", "pod:nginx-master")
     here = Endpoint("node", "worker-1", "10.0.1.11", "worker-1")
@@ -94,7 +88,7 @@ def test_on_two_nodes_the_control_plane_runs_pods_and_a_node_reaches_its_own_pod
 
 def test_an_endpoint_outside_the_picture_is_refused_by_name():
     lab = layout()
-    check = checks(lab, PODS)[0]
+    check = seed_checks(lab, PODS)[0]
     ghost = Check("x", Endpoint("pod", "ghost", "10.244.1.9", "worker-1"),
                             check.target, "ping")
     with pytest.raises(ValueError, match="no pod named ghost"):

@@ -15,12 +15,11 @@ import pytest
 
 from bootstrap import exercises
 from bootstrap.verify import cloud_trace
-from bootstrap.verify.checks import Check, ProbeResult, lab_checks, probe
+from bootstrap.verify.checks import Check, ProbeResult, probe
 from bootstrap.verify.trace import assemble, parse_monitor
 from bootstrap.verify.trace_remote import traced_on_nodes
 from lab import exercise as lab_exercise
 from lab import lifecycle, network, trace
-from lab.layout import INTERNET_ECHO_PORT
 from lab.lifecycle import LabProber
 from tests.lab.test_exercises_e2e import mend
 from tests.lab.test_lab_e2e import lab_cli, lab_name
@@ -43,9 +42,7 @@ def rule_sets(lab: lifecycle.LocalLab) -> dict[str, str]:
 
 
 def the_checks(lab: lifecycle.LocalLab) -> list[Check]:
-    public_ips = {node.name: str(node.public_ip) for node in lab.layout.nodes}
-    internet = trace.endpoints(lab.layout, lab.pods)["internet"]
-    return lab_checks(lab.plan, public_ips, lab.pods, internet, INTERNET_ECHO_PORT)
+    return lifecycle.seed_checks(lab.layout, lab.pods)
 
 
 EXPECTED_PATHS = {  # where each check's request goes, and where it is translated

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from bootstrap.verify.checks import PodInfo, lab_checks
+from bootstrap.verify.checks import PodInfo
 from bootstrap.verify.trace import Hop, TraceResult
 from lab import trace
 from lab.layout import INTERNET_ECHO_PORT, lab_layout
+from lab.lifecycle import seed_checks
 
 LAYOUT = lab_layout("x")
 PODS = [PodInfo("nginx-worker-1", "worker-1", "10.244.1.2", "web"),
@@ -16,8 +17,7 @@ PODS = [PodInfo("nginx-worker-1", "worker-1", "10.244.1.2", "web"),
         PodInfo("nginx-worker-2", "worker-2", "10.244.2.2", "web"),
         PodInfo("bash-worker-2", "worker-2", "10.244.2.3", "tools")]
 INTERNET = trace.endpoints(LAYOUT, PODS)["internet"]
-CHECKS = lab_checks(LAYOUT.plan, {node.name: str(node.public_ip) for node in LAYOUT.nodes},
-                    PODS, INTERNET, INTERNET_ECHO_PORT)
+CHECKS = seed_checks(LAYOUT, PODS)
 
 
 def resolve(text: str, sending: bool = False) -> trace.Endpoint:
